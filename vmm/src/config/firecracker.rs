@@ -1,0 +1,224 @@
+//! Firecracker's `--config-file` schema, the subset herd-vmm runs, so one file boots on both.
+//!
+//! The wire types mirror Firecracker's field names and reject unknown fields. Sections that
+//! Firecracker knows but herd-vmm does not run yet are refused by name rather than ignored: a
+//! config that silently lost its disk would boot into something else.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ConfigError, RawVmConfig};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FirecrackerConfig {
+    boot_source: BootSource,
+    machine_config: Option<MachineConfig>,
+    drives: Option<Vec<Value>>,
+    network_interfaces: Option<Vec<Value>>,
+    vsock: Option<Value>,
+    entropy: Option<Value>,
+    balloon: Option<Value>,
+    logger: Option<Value>,
+    metrics: Option<Value>,
+    mmds_config: Option<Value>,
+    pmem: Option<Value>,
+    cpu_config: Option<Value>,
+    memory_hotplug: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootSource {
+    kernel_image_path: PathBuf,
+    initrd_path: Option<PathBuf>,
+    boot_args: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineConfig {
+    vcpu_count: u64,
+    mem_size_mib: u64,
+    #[serde(default)]
+    smt: bool,
+    #[serde(default)]
+    track_dirty_pages: bool,
+    huge_pages: Option<HugePages>,
+    cpu_template: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+enum HugePages {
+    None,
+    #[serde(rename = "2M")]
+    TwoMiB,
+}
+
+/// Parses `text` (the contents of `file`) into unvalidated VM settings.
+pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let parsed: FirecrackerConfig =
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Field {
+            file: file.to_owned(),
+            field: field_name(e.path()),
+            source: e.into_inner(),
+        })?;
+    reject_unsupported(&parsed, file)?;
+    let machine = parsed.machine_config;
+    Ok(RawVmConfig {
+        kernel: parsed.boot_source.kernel_image_path,
+        initrd: parsed.boot_source.initrd_path,
+        cmdline: parsed.boot_source.boot_args,
+        vcpus: machine.as_ref().map(|m| m.vcpu_count),
+        memory_mib: machine.as_ref().map(|m| m.mem_size_mib),
+        console_log: None,
+    })
+}
+
+/// serde_path_to_error names the top level `.`; an unknown field at the top is more useful
+/// named as the document root.
+fn field_name(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." { "(top level)".to_owned() } else { s }
+}
+
+fn unsupported(file: &Path, field: &str, why: &str) -> ConfigError {
+    ConfigError::Unsupported {
+        file: file.to_owned(),
+        field: field.to_owned(),
+        why: why.to_owned(),
+    }
+}
+
+fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), ConfigError> {
+    let not_yet = "herd-vmm does not support this section yet";
+    let lists = [("drives", &cfg.drives), ("network-interfaces", &cfg.network_interfaces)];
+    for (name, list) in lists {
+        if list.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(unsupported(file, name, not_yet));
+        }
+    }
+    let sections = [
+        ("vsock", &cfg.vsock),
+        ("entropy", &cfg.entropy),
+        ("balloon", &cfg.balloon),
+        ("logger", &cfg.logger),
+        ("metrics", &cfg.metrics),
+        ("mmds-config", &cfg.mmds_config),
+        ("pmem", &cfg.pmem),
+        ("cpu-config", &cfg.cpu_config),
+        ("memory-hotplug", &cfg.memory_hotplug),
+    ];
+    if let Some((name, _)) = sections.iter().find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null())) {
+        return Err(unsupported(file, name, not_yet));
+    }
+    if let Some(m) = &cfg.machine_config {
+        if m.smt {
+            return Err(unsupported(file, "machine-config.smt", "SMT is not supported"));
+        }
+        if m.track_dirty_pages {
+            let why = "dirty page tracking comes with snapshots";
+            return Err(unsupported(file, "machine-config.track_dirty_pages", why));
+        }
+        if m.huge_pages.as_ref().is_some_and(|h| *h != HugePages::None) {
+            let why = "only \"None\" is supported";
+            return Err(unsupported(file, "machine-config.huge_pages", why));
+        }
+        if m.cpu_template.as_ref().is_some_and(|t| t != "None") {
+            let why = "CPU templates are not supported";
+            return Err(unsupported(file, "machine-config.cpu_template", why));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RawVmConfig, ConfigError> {
+        parse_firecracker_config(text, Path::new("vm.json"))
+    }
+
+    #[test]
+    fn firecracker_example_config_is_accepted() {
+        let raw = parse(
+            r#"{
+              "boot-source": {"kernel_image_path": "vmlinux", "initrd_path": "initrd.cpio",
+                              "boot_args": "console=ttyS0 reboot=k"},
+              "drives": [],
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
+                                 "track_dirty_pages": false, "huge_pages": "None"},
+              "network-interfaces": []
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(raw.kernel, PathBuf::from("vmlinux"));
+        assert_eq!(raw.initrd, Some(PathBuf::from("initrd.cpio")));
+        assert_eq!(raw.cmdline.as_deref(), Some("console=ttyS0 reboot=k"));
+        assert_eq!((raw.vcpus, raw.memory_mib), (Some(2), Some(1024)));
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_naming_its_path() {
+        let err = parse(r#"{"boot-source": {"kernel_image_path": "k", "kernel_args": "x"}}"#)
+            .unwrap_err();
+        match &err {
+            ConfigError::Field { field, source, .. } => {
+                assert_eq!(field, "boot-source.kernel_args");
+                assert!(source.to_string().contains("kernel_args"), "{source}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#).unwrap_err();
+        assert!(matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("bogus")));
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_naming_the_field() {
+        let err = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "machine-config": {"vcpu_count": "two", "mem_size_mib": 128}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(&err, ConfigError::Field { field, .. } if field == "machine-config.vcpu_count"), "{err:?}");
+    }
+
+    #[test]
+    fn missing_boot_source_is_rejected() {
+        let err = parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap_err();
+        assert!(matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("boot-source")));
+    }
+
+    #[test]
+    fn sections_not_supported_yet_are_refused_by_name() {
+        let err = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "drives": [{"drive_id": "rootfs"}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "drives"));
+        let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3}}"#)
+            .unwrap_err();
+        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "vsock"));
+        let err = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "machine-config.smt"));
+    }
+
+    #[test]
+    fn values_are_validated_after_parsing() {
+        let raw = parse(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "machine-config": {"vcpu_count": 64, "mem_size_mib": 128}}"#,
+        )
+        .unwrap();
+        assert!(matches!(raw.validate(1024), Err(ConfigError::VcpuCount(64))));
+    }
+}

@@ -1,0 +1,249 @@
+//! The validated description of one microVM, and the two ways to get one: command-line flags and
+//! a Firecracker-compatible config file.
+//!
+//! Everything downstream (`Vmm::build`) takes a [`VmConfig`] and can rely on its invariants: vCPU
+//! count and memory size are in range, the command line fits the guest's buffer. Whether the
+//! files exist and are kernels is checked when they are opened, where the error can name them.
+
+mod firecracker;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use firecracker::parse_firecracker_config;
+
+/// Fewest vCPUs a microVM can have.
+pub const MIN_VCPUS: u8 = 1;
+/// Most vCPUs a microVM can have (the MP table and our APIC id scheme cover this many).
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest memory we accept: a Linux guest with an initramfs needs about this much.
+pub const MIN_MEMORY_MIB: u32 = 32;
+/// Largest command line we hand a guest, including the terminating NUL.
+pub const MAX_CMDLINE_LEN: usize = 4096;
+/// Command line used when none is given: serial console, reset through the i8042 on reboot,
+/// reboot at once on panic, and no probing for hardware a microVM does not have.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+
+/// Errors found while turning user input into a [`VmConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("vcpu count {0} is out of range ({MIN_VCPUS} to {MAX_VCPUS})")]
+    VcpuCount(u64),
+    #[error("memory size {0} MiB is below the minimum of {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(u64),
+    #[error("memory size {0} MiB is more than this host has ({1} MiB)")]
+    MemoryTooLarge(u64, u64),
+    #[error("kernel command line is {0} bytes, more than the {max} the guest accepts", max = MAX_CMDLINE_LEN - 1)]
+    CmdlineTooLong(usize),
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("cannot read config file {0}")]
+    ReadFile(PathBuf, #[source] std::io::Error),
+    #[error("config file {file}: field `{field}`")]
+    Field {
+        file: PathBuf,
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config file {file}: field `{field}`: {why}")]
+    Unsupported {
+        file: PathBuf,
+        field: String,
+        why: String,
+    },
+}
+
+/// Where the guest's serial console output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// herd-vmm's standard output.
+    Stdout,
+    /// A file, created or truncated when the VM starts.
+    File(PathBuf),
+}
+
+/// Number of vCPUs, guaranteed to be in `MIN_VCPUS..=MAX_VCPUS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuCount(u8);
+
+impl VcpuCount {
+    /// Checks `n` against the supported range.
+    pub fn new(n: u64) -> Result<Self, ConfigError> {
+        match u8::try_from(n) {
+            Ok(n) if (MIN_VCPUS..=MAX_VCPUS).contains(&n) => Ok(Self(n)),
+            _ => Err(ConfigError::VcpuCount(n)),
+        }
+    }
+
+    /// The count.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// Guest memory size in MiB, at least `MIN_MEMORY_MIB` and no more than the host has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySize(u64);
+
+impl MemorySize {
+    /// Checks `mib` against the minimum and against `host_mib`, the host's physical memory.
+    pub fn new(mib: u64, host_mib: u64) -> Result<Self, ConfigError> {
+        if mib < u64::from(MIN_MEMORY_MIB) {
+            return Err(ConfigError::MemoryTooSmall(mib));
+        }
+        if mib > host_mib {
+            return Err(ConfigError::MemoryTooLarge(mib, host_mib));
+        }
+        Ok(Self(mib))
+    }
+
+    /// The size in MiB.
+    pub fn mib(self) -> u64 {
+        self.0
+    }
+
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0 << 20
+    }
+}
+
+/// A kernel command line that fits the guest's buffer and holds no NUL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelCmdline(String);
+
+impl KernelCmdline {
+    /// Checks length and content.
+    pub fn new(s: &str) -> Result<Self, ConfigError> {
+        if s.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        if s.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(s.len()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The command line.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KernelCmdline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything needed to build and boot one microVM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// The guest kernel's command line.
+    pub cmdline: KernelCmdline,
+    /// Number of vCPUs.
+    pub vcpus: VcpuCount,
+    /// Guest memory size.
+    pub memory: MemorySize,
+    /// Where the serial console goes.
+    pub console: ConsoleOutput,
+}
+
+/// Unvalidated values as they come from flags or a config file.
+#[derive(Clone, Debug, Default)]
+pub struct RawVmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub console_log: Option<PathBuf>,
+}
+
+/// vCPUs when none are asked for.
+pub const DEFAULT_VCPUS: u64 = 1;
+/// Memory when none is asked for (Firecracker's default too).
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+impl RawVmConfig {
+    /// Validates every field; `host_mib` is the host's physical memory.
+    pub fn validate(self, host_mib: u64) -> Result<VmConfig, ConfigError> {
+        let cmdline = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: KernelCmdline::new(cmdline)?,
+            vcpus: VcpuCount::new(self.vcpus.unwrap_or(DEFAULT_VCPUS))?,
+            memory: MemorySize::new(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), host_mib)?,
+            console: match self.console_log {
+                Some(path) => ConsoleOutput::File(path),
+                None => ConsoleOutput::Stdout,
+            },
+        })
+    }
+}
+
+/// Reads a config file and parses it as Firecracker's schema.
+pub fn read_config_file(path: &Path) -> Result<RawVmConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile(path.to_owned(), e))?;
+    parse_firecracker_config(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: u64 = 24 * 1024;
+
+    fn raw() -> RawVmConfig {
+        RawVmConfig {
+            kernel: "vmlinux".into(),
+            ..RawVmConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_give_one_vcpu_128_mib_and_serial_console_cmdline() {
+        let cfg = raw().validate(HOST).unwrap();
+        assert_eq!(cfg.vcpus.get(), 1);
+        assert_eq!(cfg.memory.mib(), 128);
+        assert_eq!(cfg.cmdline.as_str(), DEFAULT_CMDLINE);
+        assert_eq!(cfg.console, ConsoleOutput::Stdout);
+    }
+
+    #[test]
+    fn vcpu_count_outside_1_to_32_is_rejected() {
+        for bad in [0, 33, 256, u64::MAX] {
+            let err = RawVmConfig { vcpus: Some(bad), ..raw() }.validate(HOST).unwrap_err();
+            assert!(matches!(err, ConfigError::VcpuCount(n) if n == bad), "{err}");
+        }
+        for good in [1, 4, 32] {
+            assert!(RawVmConfig { vcpus: Some(good), ..raw() }.validate(HOST).is_ok());
+        }
+    }
+
+    #[test]
+    fn memory_below_minimum_or_above_host_is_rejected() {
+        let small = RawVmConfig { memory_mib: Some(31), ..raw() }.validate(HOST);
+        assert!(matches!(small, Err(ConfigError::MemoryTooSmall(31))));
+        let big = RawVmConfig { memory_mib: Some(HOST + 1), ..raw() }.validate(HOST);
+        assert!(matches!(big, Err(ConfigError::MemoryTooLarge(_, HOST))));
+        let ok = RawVmConfig { memory_mib: Some(32), ..raw() }.validate(HOST).unwrap();
+        assert_eq!(ok.memory.bytes(), 32 << 20);
+    }
+
+    #[test]
+    fn cmdline_longer_than_guest_buffer_or_with_nul_is_rejected() {
+        let long = "a".repeat(MAX_CMDLINE_LEN);
+        let err = RawVmConfig { cmdline: Some(long), ..raw() }.validate(HOST).unwrap_err();
+        assert!(matches!(err, ConfigError::CmdlineTooLong(4096)));
+        let nul = RawVmConfig { cmdline: Some("a\0b".into()), ..raw() }.validate(HOST);
+        assert!(matches!(nul, Err(ConfigError::CmdlineNul)));
+    }
+}

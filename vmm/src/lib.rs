@@ -1,0 +1,17 @@
+//! herd-vmm: a minimal KVM virtual machine monitor, one process per microVM.
+//!
+//! `config` turns flags or a Firecracker config file into a validated [`config::VmConfig`];
+//! [`vmm::Vmm::build`] turns that into a VM (memory, kernel, devices, vCPUs) and
+//! [`vmm::Vmm::run`] runs it until the guest exits, resets, crashes or we are signalled.
+
+pub mod arch;
+pub mod bus;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod host;
+pub mod logging;
+pub mod stop;
+pub mod sys;
+pub mod vmm;
+pub mod vstate;

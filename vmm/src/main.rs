@@ -1,0 +1,144 @@
+//! `herd-vmm`: boots one microVM from flags or a Firecracker config file and exits with the
+//! guest's status. Errors print as one line with their whole cause chain.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use herd_vmm::config::{RawVmConfig, VmConfig, read_config_file};
+use herd_vmm::devices::legacy::BootClock;
+use herd_vmm::stop::StopReason;
+use herd_vmm::vmm::{Vmm, exit_code};
+use herd_vmm::{host, logging, vstate};
+use vmm_sys_util::terminal::Terminal;
+
+/// Boot a microVM on KVM: an ELF vmlinux (PVH) or a bzImage, with an optional initrd.
+#[derive(Debug, Parser)]
+#[command(name = "herd-vmm", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Guest kernel: ELF vmlinux (PVH note or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH", required_unless_present = "config_file")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (e.g. a newc cpio archive).
+    #[arg(long, value_name = "PATH", conflicts_with = "config_file")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=-1 pci=off nomodule].
+    #[arg(long, value_name = "STR", conflicts_with = "config_file")]
+    cmdline: Option<String>,
+    /// Number of vCPUs, 1 to 32 [default: 1].
+    #[arg(long, value_name = "N", conflicts_with = "config_file")]
+    vcpus: Option<u64>,
+    /// Guest memory in MiB, at least 32 [default: 128].
+    #[arg(long, value_name = "MIB", conflicts_with = "config_file")]
+    memory: Option<u64>,
+    /// Firecracker-style JSON config (`boot-source`, `machine-config`).
+    #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
+    config_file: Option<PathBuf>,
+    /// Write the guest console to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    console_log: Option<PathBuf>,
+    /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+const AFTER_HELP: &str = "\
+Exit status: the byte the guest wrote to port 0xf4; 0 after a guest reset; 130/143 after
+SIGINT/SIGTERM; 64 bad usage, 65 unusable input file, 66 missing file, 69 no usable KVM,
+70 internal error, 77 permission denied, 80 guest crashed (see docs/guest-interface.md).";
+
+fn resolve_config(cli: Cli) -> anyhow::Result<VmConfig> {
+    let mut raw = match &cli.config_file {
+        Some(path) => read_config_file(path)?,
+        None => RawVmConfig {
+            kernel: cli.kernel.unwrap_or_default(),
+            initrd: cli.initrd,
+            cmdline: cli.cmdline,
+            vcpus: cli.vcpus,
+            memory_mib: cli.memory,
+            console_log: None,
+        },
+    };
+    raw.console_log = cli.console_log;
+    Ok(raw.validate(host::memory_mib())?)
+}
+
+fn report(err: &dyn std::error::Error) {
+    let mut line = format!("herd-vmm: error: {err}");
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        line.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    eprintln!("{line}");
+}
+
+fn status_for(reason: &StopReason) -> i32 {
+    match reason {
+        StopReason::GuestExitStatus(n) => i32::from(*n),
+        StopReason::GuestReset => 0,
+        StopReason::Signal(sig) => 128 + sig,
+        StopReason::Fault(fault) => {
+            report(fault);
+            exit_code::GUEST_FAULT
+        }
+    }
+}
+
+fn run(config: &VmConfig) -> i32 {
+    let clock = BootClock::now();
+    let vmm = match Vmm::build(config, clock) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            report(&e);
+            return e.exit_code();
+        }
+    };
+    // Raw mode lets keystrokes (Ctrl-C included) reach the guest; only for a real terminal.
+    let stdin = std::io::stdin();
+    let raw_tty = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
+    let result = vmm.run();
+    if raw_tty {
+        let _ = stdin.lock().set_canon_mode();
+    }
+    match result {
+        Ok(reason) => {
+            tracing::debug!(?reason, "VM stopped");
+            status_for(&reason)
+        }
+        Err(e) => {
+            report(&e);
+            e.exit_code()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit_code::USAGE as u8);
+        }
+    };
+    logging::init(&cli.log_level);
+    let config = match resolve_config(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            report(e.as_ref());
+            return ExitCode::from(exit_code::USAGE as u8);
+        }
+    };
+    if vstate::vm::host_is_pvm() {
+        tracing::warn!(
+            "/dev/kvm is PVM (software virtualization): guest kernel code runs emulated, so stock Linux guests boot slowly and cannot start user space"
+        );
+    }
+    let status = run(&config);
+    ExitCode::from(status as u8)
+}

@@ -1,0 +1,225 @@
+//! Builds a running microVM from a [`VmConfig`]: opens the inputs, creates the VM, loads the
+//! kernel, wires the devices, configures the vCPUs, then runs vCPU threads plus the event loop
+//! on the calling thread until the VM stops.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::x86_64::boot::{self, BootError};
+use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ};
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::arch::x86_64::regs::BootEntry;
+use crate::bus::{BusError, IoBuses};
+use crate::config::{ConsoleOutput, VmConfig};
+use crate::devices::legacy::boot_timer::BOOT_TIMER_LEN;
+use crate::devices::legacy::exit_port::EXIT_PORT;
+use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
+use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, ConsoleWriter};
+use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
+use crate::event_loop::{ConsoleInput, StopWatcher};
+use crate::stop::{StopReason, VmStop};
+use crate::sys::signal::forward_stop_signals;
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError, open_kvm};
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{what} {path}")]
+    OpenFile { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    #[error("{what} {path} is not a regular file")]
+    NotAFile { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("kernel {path}")]
+    Kernel { path: PathBuf, #[source] source: BootError },
+    #[error("initrd {path}")]
+    Initrd { path: PathBuf, #[source] source: BootError },
+    #[error("cannot write boot information")]
+    BootInfo(#[source] BootError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error("cannot register a device")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot create the event {0}")]
+    EventFd(&'static str, #[source] io::Error),
+    #[error("cannot route interrupt {0} into the guest")]
+    Irqfd(u32, #[source] kvm_ioctls::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] vmm_sys_util::errno::Error),
+    #[error("event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    #[error("console log {path}")]
+    ConsoleLog { path: PathBuf, #[source] source: io::Error },
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    vm: Vm,
+    vcpus: Vec<Vcpu>,
+    io: Arc<IoBuses>,
+    serial: Arc<Mutex<SerialDevice>>,
+    stop: Arc<VmStop>,
+    events: EventManager<Box<dyn MutEventSubscriber + Send>>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm").field("vm", &self.vm).field("vcpus", &self.vcpus.len()).finish()
+    }
+}
+
+fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
+    let file = File::open(path).map_err(|source| VmmError::OpenFile { what, path: path.to_owned(), source })?;
+    let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !is_file {
+        return Err(VmmError::NotAFile { what, path: path.to_owned() });
+    }
+    Ok(file)
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::EventFd(what, e))
+}
+
+impl Vmm {
+    /// Builds the VM described by `config`; the boot timer counts from `clock`.
+    pub fn build(config: &VmConfig, clock: BootClock) -> Result<Self, VmmError> {
+        let mut kernel_file = open_input("kernel", &config.kernel)?;
+        let mut initrd_file = config.initrd.as_deref().map(|p| open_input("initrd", p)).transpose()?;
+        let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
+
+        let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
+        let kernel_err = |source| VmmError::Kernel { path: config.kernel.clone(), source };
+        let kernel = boot::load_kernel(&vm.memory, &mut kernel_file, mem_bytes).map_err(kernel_err)?;
+        let initrd = match (&mut initrd_file, &config.initrd) {
+            (Some(file), Some(path)) => Some(
+                boot::load_initrd(&vm.memory, file, &kernel, mem_bytes)
+                    .map_err(|source| VmmError::Initrd { path: path.clone(), source })?,
+            ),
+            _ => None,
+        };
+        boot::write_boot_info(&vm.memory, &kernel, initrd, config.cmdline.as_str(), mem_bytes)
+            .map_err(VmmError::BootInfo)?;
+        mptable::write(&vm.memory, vcpu_count)?;
+        tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
+
+        let vcpus = create_vcpus(&vm, vcpu_count, kernel.entry)?;
+        let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
+        let console = open_console(&config.console)?;
+        let (io, serial) = wire_devices(&vm, &stop, clock, console)?;
+        let events = event_loop(&serial, &stop)?;
+        Ok(Self { vm, vcpus, io: Arc::new(io), serial, stop, events })
+    }
+
+    /// Runs the VM until it stops; returns why.
+    pub fn run(mut self) -> Result<StopReason, VmmError> {
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus.drain(..) {
+            threads.push(vcpu.start(self.io.clone(), self.stop.clone())?);
+        }
+        let reason = loop {
+            if let Some(reason) = self.stop.reason() {
+                break reason;
+            }
+            self.events.run().map_err(VmmError::EventLoop)?;
+        };
+        crate::bus::lock(&self.serial).flush();
+        // vCPU threads still inside KVM_RUN (application processors the guest never started,
+        // or a guest spinning) end with the process; nothing of theirs needs saving.
+        drop(threads);
+        Ok(reason)
+    }
+}
+
+fn create_vcpus(vm: &Vm, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, VmmError> {
+    (0..count)
+        .map(|id| {
+            let vcpu = Vcpu::new(&vm.fd, id)?;
+            vcpu.configure(&vm.kvm, count, (id == 0).then_some(entry))?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+/// Opens the console sink last, so an earlier failure leaves no log file behind.
+fn open_console(console: &ConsoleOutput) -> Result<ConsoleWriter, VmmError> {
+    Ok(match console {
+        ConsoleOutput::Stdout => Box::new(io::stdout()),
+        ConsoleOutput::File(path) => Box::new(
+            File::create(path).map_err(|source| VmmError::ConsoleLog { path: path.clone(), source })?,
+        ),
+    })
+}
+
+fn wire_devices(
+    vm: &Vm,
+    stop: &Arc<VmStop>,
+    clock: BootClock,
+    console: ConsoleWriter,
+) -> Result<(IoBuses, Arc<Mutex<SerialDevice>>), VmmError> {
+    let serial_irq = eventfd("serial interrupt")?;
+    vm.fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(|e| VmmError::Irqfd(COM1_IRQ, e))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    let mut io = IoBuses::default();
+    io.pio.insert("com1", COM1_BASE, COM1_LEN, serial.clone())?;
+    io.pio.insert("i8042", I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new(stop.clone()))))?;
+    io.pio.insert("exit-status", EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort::new(stop.clone()))))?;
+    io.mmio.insert("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN, Arc::new(Mutex::new(BootTimer::new(clock))))?;
+    Ok((io, serial))
+}
+
+type Events = EventManager<Box<dyn MutEventSubscriber + Send>>;
+
+fn event_loop(serial: &Arc<Mutex<SerialDevice>>, stop: &Arc<VmStop>) -> Result<Events, VmmError> {
+    let mut events = Events::new().map_err(VmmError::EventLoop)?;
+    let signal_evt = eventfd("signal")?;
+    forward_stop_signals(&signal_evt).map_err(VmmError::Signals)?;
+    events.add_subscriber(Box::new(StopWatcher::new(stop.clone(), signal_evt)));
+    events.add_subscriber(Box::new(ConsoleInput::new(serial.clone())));
+    Ok(events)
+}
+
+/// sysexits-style status for each kind of failure (documented in docs/guest-interface.md).
+pub mod exit_code {
+    /// Bad command line or config.
+    pub const USAGE: i32 = 64;
+    /// An input file is not usable as what it was given for.
+    pub const DATA: i32 = 65;
+    /// An input file does not exist.
+    pub const NO_INPUT: i32 = 66;
+    /// KVM missing or lacking a capability.
+    pub const UNAVAILABLE: i32 = 69;
+    /// Internal failure.
+    pub const SOFTWARE: i32 = 70;
+    /// No permission for /dev/kvm or a file.
+    pub const NO_PERM: i32 = 77;
+    /// The guest crashed.
+    pub const GUEST_FAULT: i32 = 80;
+}
+
+impl VmmError {
+    /// The process exit status for this failure.
+    pub fn exit_code(&self) -> i32 {
+        use exit_code::*;
+        let io_code = |e: &io::Error| match e.kind() {
+            io::ErrorKind::NotFound => NO_INPUT,
+            io::ErrorKind::PermissionDenied => NO_PERM,
+            _ => DATA,
+        };
+        match self {
+            VmmError::OpenFile { source, .. } | VmmError::ConsoleLog { source, .. } => io_code(source),
+            VmmError::NotAFile { .. } | VmmError::Kernel { .. } | VmmError::Initrd { .. } => DATA,
+            VmmError::Vm(VmError::KvmMissing(_) | VmError::MissingCap(_) | VmError::TooManyVcpus { .. }) => UNAVAILABLE,
+            VmmError::Vm(VmError::KvmAccess(_)) => NO_PERM,
+            _ => SOFTWARE,
+        }
+    }
+}
