@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd_vmm::config::{RawVmConfig, VmConfig, read_config_file};
+use herd_vmm::config::{ConfigError, RawVmConfig, VmConfig, read_config_file};
 use herd_vmm::devices::legacy::BootClock;
 use herd_vmm::stop::StopReason;
 use herd_vmm::vmm::{Vmm, exit_code};
@@ -48,7 +48,7 @@ Exit status: the byte the guest wrote to port 0xf4; 0 after a guest reset; 130/1
 SIGINT/SIGTERM; 64 bad usage, 65 unusable input file, 66 missing file, 69 no usable KVM,
 70 internal error, 77 permission denied, 80 guest crashed (see docs/guest-interface.md).";
 
-fn resolve_config(cli: Cli) -> anyhow::Result<VmConfig> {
+fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
     let mut raw = match &cli.config_file {
         Some(path) => read_config_file(path)?,
         None => RawVmConfig {
@@ -61,7 +61,15 @@ fn resolve_config(cli: Cli) -> anyhow::Result<VmConfig> {
         },
     };
     raw.console_log = cli.console_log;
-    Ok(raw.validate(host::memory_mib())?)
+    raw.validate(host::memory_mib())
+}
+
+fn config_exit_code(err: &ConfigError) -> i32 {
+    match err {
+        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::NotFound => exit_code::NO_INPUT,
+        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::PermissionDenied => exit_code::NO_PERM,
+        _ => exit_code::USAGE,
+    }
 }
 
 fn report(err: &dyn std::error::Error) {
@@ -130,8 +138,8 @@ fn main() -> ExitCode {
     let config = match resolve_config(cli) {
         Ok(config) => config,
         Err(e) => {
-            report(e.as_ref());
-            return ExitCode::from(exit_code::USAGE as u8);
+            report(&e);
+            return ExitCode::from(config_exit_code(&e) as u8);
         }
     };
     if vstate::vm::host_is_pvm() {

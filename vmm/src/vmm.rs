@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::boot::{self, BootError};
@@ -23,6 +24,7 @@ use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, ConsoleWriter};
 use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
 use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
+use crate::sys::memory::{peak_rss_kib, resident_bytes};
 use crate::sys::signal::forward_stop_signals;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError, open_kvm};
@@ -132,10 +134,27 @@ impl Vmm {
             self.events.run().map_err(VmmError::EventLoop)?;
         };
         crate::bus::lock(&self.serial).flush();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            self.log_memory_use();
+        }
         // vCPU threads still inside KVM_RUN (application processors the guest never started,
         // or a guest spinning) end with the process; nothing of theirs needs saving.
         drop(threads);
         Ok(reason)
+    }
+}
+
+impl Vmm {
+    /// Logs peak RSS and how much of it is guest memory, so benchmarks can tell the VMM's own
+    /// overhead apart.
+    fn log_memory_use(&self) {
+        let guest: u64 = self
+            .vm
+            .memory
+            .iter()
+            .filter_map(|r| resident_bytes(r.as_ptr(), r.len() as usize).ok())
+            .sum();
+        tracing::debug!(peak_rss_kib = peak_rss_kib(), guest_resident_kib = guest / 1024, "memory use");
     }
 }
 

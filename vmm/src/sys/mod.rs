@@ -2,5 +2,6 @@
 //! event loop, and KVM memory-slot registration. Everything above uses these safe wrappers.
 
 pub mod kvm;
+pub mod memory;
 pub mod signal;
 pub mod time;
