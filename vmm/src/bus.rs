@@ -19,9 +19,18 @@ pub trait BusDevice: Send {
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("device {name} at {base:#x}+{len:#x} overlaps {other}")]
-    Overlap { name: &'static str, base: u64, len: u64, other: &'static str },
+    Overlap {
+        name: &'static str,
+        base: u64,
+        len: u64,
+        other: &'static str,
+    },
     #[error("device {name} has an empty or wrapping range at {base:#x}+{len:#x}")]
-    BadRange { name: &'static str, base: u64, len: u64 },
+    BadRange {
+        name: &'static str,
+        base: u64,
+        len: u64,
+    },
 }
 
 /// A device shared between the vCPU threads and the event loop.
@@ -41,7 +50,11 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.slots.iter().map(|(b, s)| (s.name, *b, s.len)).collect();
+        let names: Vec<_> = self
+            .slots
+            .iter()
+            .map(|(b, s)| (s.name, *b, s.len))
+            .collect();
         f.debug_struct("Bus").field("slots", &names).finish()
     }
 }
@@ -53,11 +66,29 @@ impl Bus {
     }
 
     /// Registers `device` for `[base, base + len)`.
-    pub fn insert(&mut self, name: &'static str, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { name, base, len })?;
-        let overlapping = self.slots.range(..end).next_back().filter(|(b, s)| **b + s.len > base);
+    pub fn insert(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { name, base, len })?;
+        let overlapping = self
+            .slots
+            .range(..end)
+            .next_back()
+            .filter(|(b, s)| **b + s.len > base);
         if let Some((_, other)) = overlapping {
-            return Err(BusError::Overlap { name, base, len, other: other.name });
+            return Err(BusError::Overlap {
+                name,
+                base,
+                len,
+                other: other.name,
+            });
         }
         self.slots.insert(base, Slot { name, len, device });
         Ok(())
@@ -142,7 +173,8 @@ pub(crate) mod tests {
     #[test]
     fn access_outside_or_straddling_a_range_is_unclaimed() {
         let mut bus = Bus::new();
-        bus.insert("rec", 0x100, 4, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        bus.insert("rec", 0x100, 4, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
         assert!(!bus.write(0xff, &[0]));
         assert!(!bus.write(0x104, &[0]));
         assert!(!bus.read(0x102, &mut [0u8; 4]));
@@ -153,10 +185,22 @@ pub(crate) mod tests {
         let mut bus = Bus::new();
         let dev = || -> SharedDevice { Arc::new(Mutex::new(Recorder::default())) };
         bus.insert("a", 0x100, 0x10, dev()).unwrap();
-        assert!(matches!(bus.insert("b", 0x10f, 1, dev()), Err(BusError::Overlap { other: "a", .. })));
-        assert!(matches!(bus.insert("c", 0xf0, 0x11, dev()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert("d", 0x200, 0, dev()), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert("e", u64::MAX, 2, dev()), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert("b", 0x10f, 1, dev()),
+            Err(BusError::Overlap { other: "a", .. })
+        ));
+        assert!(matches!(
+            bus.insert("c", 0xf0, 0x11, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert("d", 0x200, 0, dev()),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert("e", u64::MAX, 2, dev()),
+            Err(BusError::BadRange { .. })
+        ));
         bus.insert("f", 0x110, 1, dev()).unwrap();
         bus.insert("g", 0xff, 1, dev()).unwrap();
     }

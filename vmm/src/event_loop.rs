@@ -24,7 +24,11 @@ pub struct ConsoleInput {
 impl ConsoleInput {
     /// Forwards this process's stdin to `serial`.
     pub fn new(serial: Arc<Mutex<SerialDevice>>) -> Self {
-        Self { serial, stdin: std::io::stdin(), drop_log: RateLimit::new(1) }
+        Self {
+            serial,
+            stdin: std::io::stdin(),
+            drop_log: RateLimit::new(1),
+        }
     }
 }
 
@@ -50,7 +54,11 @@ impl MutEventSubscriber for ConsoleInput {
         }
         let taken = lock(&self.serial).queue_input(&buf[..n]);
         if taken < n && self.drop_log.allow() {
-            tracing::warn!(device = "serial", "guest is not reading its console; dropped {} bytes", n - taken);
+            tracing::warn!(
+                device = "serial",
+                "guest is not reading its console; dropped {} bytes",
+                n - taken
+            );
         }
     }
 }
@@ -74,7 +82,10 @@ impl StopWatcher {
 impl MutEventSubscriber for StopWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         let stop_fd = self.stop.event().as_raw_fd();
-        for (fd, token) in [(stop_fd, TOKEN_STOP), (self.signal_evt.as_raw_fd(), TOKEN_SIGNAL)] {
+        for (fd, token) in [
+            (stop_fd, TOKEN_STOP),
+            (self.signal_evt.as_raw_fd(), TOKEN_SIGNAL),
+        ] {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
                 // Without these the VM could never be stopped; fail loudly at start.
                 panic!("cannot watch stop events: {e:?}");

@@ -3,7 +3,10 @@
 /// Physical memory of this host in MiB, from /proc/meminfo (`u64::MAX` if unreadable, so that
 /// KVM's own allocation failure reports the problem instead).
 pub fn memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| parse_mem_total_mib(&s)).unwrap_or(u64::MAX)
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_mem_total_mib(&s))
+        .unwrap_or(u64::MAX)
 }
 
 fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {

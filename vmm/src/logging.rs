@@ -30,11 +30,17 @@ pub struct RateLimit {
 impl RateLimit {
     /// A limiter for `per_second` events a second.
     pub const fn new(per_second: u64) -> Self {
-        Self { per_second, window: AtomicU64::new(0) }
+        Self {
+            per_second,
+            window: AtomicU64::new(0),
+        }
     }
 
     fn now_secs() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) & 0xffff_ffff
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            & 0xffff_ffff
     }
 
     /// Whether one more event may be logged now.
@@ -46,8 +52,17 @@ impl RateLimit {
         let mut current = self.window.load(Ordering::Relaxed);
         loop {
             let (window_secs, count) = (current >> 32, current & 0xffff_ffff);
-            let next = if window_secs == secs { (secs << 32) | (count + 1).min(0xffff_ffff) } else { (secs << 32) | 1 };
-            match self.window.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            let next = if window_secs == secs {
+                (secs << 32) | (count + 1).min(0xffff_ffff)
+            } else {
+                (secs << 32) | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return (next & 0xffff_ffff) <= self.per_second,
                 Err(seen) => current = seen,
             }

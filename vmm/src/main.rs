@@ -66,8 +66,12 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
 
 fn config_exit_code(err: &ConfigError) -> i32 {
     match err {
-        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::NotFound => exit_code::NO_INPUT,
-        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::PermissionDenied => exit_code::NO_PERM,
+        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::NotFound => {
+            exit_code::NO_INPUT
+        }
+        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            exit_code::NO_PERM
+        }
         _ => exit_code::USAGE,
     }
 }

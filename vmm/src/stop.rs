@@ -53,7 +53,10 @@ pub struct VmStop {
 impl VmStop {
     /// A latch with no reason yet.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { reason: Mutex::new(None), evt: EventFd::new(EFD_NONBLOCK)? })
+        Ok(Self {
+            reason: Mutex::new(None),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// The recorded reason, if any.

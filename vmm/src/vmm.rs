@@ -33,15 +33,28 @@ use crate::vstate::vm::{Vm, VmError, open_kvm};
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("{what} {path}")]
-    OpenFile { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    OpenFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} {path} is not a regular file")]
     NotAFile { what: &'static str, path: PathBuf },
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error("kernel {path}")]
-    Kernel { path: PathBuf, #[source] source: BootError },
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: BootError,
+    },
     #[error("initrd {path}")]
-    Initrd { path: PathBuf, #[source] source: BootError },
+    Initrd {
+        path: PathBuf,
+        #[source]
+        source: BootError,
+    },
     #[error("cannot write boot information")]
     BootInfo(#[source] BootError),
     #[error(transparent)]
@@ -59,7 +72,11 @@ pub enum VmmError {
     #[error("event loop failed")]
     EventLoop(#[source] event_manager::Error),
     #[error("console log {path}")]
-    ConsoleLog { path: PathBuf, #[source] source: io::Error },
+    ConsoleLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A built VM, ready to run.
@@ -74,15 +91,25 @@ pub struct Vmm {
 
 impl std::fmt::Debug for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vmm").field("vm", &self.vm).field("vcpus", &self.vcpus.len()).finish()
+        f.debug_struct("Vmm")
+            .field("vm", &self.vm)
+            .field("vcpus", &self.vcpus.len())
+            .finish()
     }
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
-    let file = File::open(path).map_err(|source| VmmError::OpenFile { what, path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| VmmError::OpenFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
     let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
     if !is_file {
-        return Err(VmmError::NotAFile { what, path: path.to_owned() });
+        return Err(VmmError::NotAFile {
+            what,
+            path: path.to_owned(),
+        });
     }
     Ok(file)
 }
@@ -95,21 +122,39 @@ impl Vmm {
     /// Builds the VM described by `config`; the boot timer counts from `clock`.
     pub fn build(config: &VmConfig, clock: BootClock) -> Result<Self, VmmError> {
         let mut kernel_file = open_input("kernel", &config.kernel)?;
-        let mut initrd_file = config.initrd.as_deref().map(|p| open_input("initrd", p)).transpose()?;
+        let mut initrd_file = config
+            .initrd
+            .as_deref()
+            .map(|p| open_input("initrd", p))
+            .transpose()?;
         let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
 
         let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
-        let kernel_err = |source| VmmError::Kernel { path: config.kernel.clone(), source };
-        let kernel = boot::load_kernel(&vm.memory, &mut kernel_file, mem_bytes).map_err(kernel_err)?;
+        let kernel_err = |source| VmmError::Kernel {
+            path: config.kernel.clone(),
+            source,
+        };
+        let kernel =
+            boot::load_kernel(&vm.memory, &mut kernel_file, mem_bytes).map_err(kernel_err)?;
         let initrd = match (&mut initrd_file, &config.initrd) {
             (Some(file), Some(path)) => Some(
-                boot::load_initrd(&vm.memory, file, &kernel, mem_bytes)
-                    .map_err(|source| VmmError::Initrd { path: path.clone(), source })?,
+                boot::load_initrd(&vm.memory, file, &kernel, mem_bytes).map_err(|source| {
+                    VmmError::Initrd {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
             ),
             _ => None,
         };
-        boot::write_boot_info(&vm.memory, &kernel, initrd, config.cmdline.as_str(), mem_bytes)
-            .map_err(VmmError::BootInfo)?;
+        boot::write_boot_info(
+            &vm.memory,
+            &kernel,
+            initrd,
+            config.cmdline.as_str(),
+            mem_bytes,
+        )
+        .map_err(VmmError::BootInfo)?;
         mptable::write(&vm.memory, vcpu_count)?;
         tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
 
@@ -118,7 +163,14 @@ impl Vmm {
         let console = open_console(&config.console)?;
         let (io, serial) = wire_devices(&vm, &stop, clock, console)?;
         let events = event_loop(&serial, &stop)?;
-        Ok(Self { vm, vcpus, io: Arc::new(io), serial, stop, events })
+        Ok(Self {
+            vm,
+            vcpus,
+            io: Arc::new(io),
+            serial,
+            stop,
+            events,
+        })
     }
 
     /// Runs the VM until it stops; returns why.
@@ -154,7 +206,11 @@ impl Vmm {
             .iter()
             .filter_map(|r| resident_bytes(r.as_ptr(), r.len() as usize).ok())
             .sum();
-        tracing::debug!(peak_rss_kib = peak_rss_kib(), guest_resident_kib = guest / 1024, "memory use");
+        tracing::debug!(
+            peak_rss_kib = peak_rss_kib(),
+            guest_resident_kib = guest / 1024,
+            "memory use"
+        );
     }
 }
 
@@ -172,9 +228,12 @@ fn create_vcpus(vm: &Vm, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, VmmEr
 fn open_console(console: &ConsoleOutput) -> Result<ConsoleWriter, VmmError> {
     Ok(match console {
         ConsoleOutput::Stdout => Box::new(io::stdout()),
-        ConsoleOutput::File(path) => Box::new(
-            File::create(path).map_err(|source| VmmError::ConsoleLog { path: path.clone(), source })?,
-        ),
+        ConsoleOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmmError::ConsoleLog {
+                path: path.clone(),
+                source,
+            })?)
+        }
     })
 }
 
@@ -185,13 +244,30 @@ fn wire_devices(
     console: ConsoleWriter,
 ) -> Result<(IoBuses, Arc<Mutex<SerialDevice>>), VmmError> {
     let serial_irq = eventfd("serial interrupt")?;
-    vm.fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(|e| VmmError::Irqfd(COM1_IRQ, e))?;
+    vm.fd
+        .register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(|e| VmmError::Irqfd(COM1_IRQ, e))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
     let mut io = IoBuses::default();
     io.pio.insert("com1", COM1_BASE, COM1_LEN, serial.clone())?;
-    io.pio.insert("i8042", I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new(stop.clone()))))?;
-    io.pio.insert("exit-status", EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort::new(stop.clone()))))?;
-    io.mmio.insert("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN, Arc::new(Mutex::new(BootTimer::new(clock))))?;
+    io.pio.insert(
+        "i8042",
+        I8042_BASE,
+        I8042_LEN,
+        Arc::new(Mutex::new(I8042::new(stop.clone()))),
+    )?;
+    io.pio.insert(
+        "exit-status",
+        EXIT_PORT,
+        1,
+        Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
+    )?;
+    io.mmio.insert(
+        "boot-timer",
+        BOOT_TIMER_ADDR,
+        BOOT_TIMER_LEN,
+        Arc::new(Mutex::new(BootTimer::new(clock))),
+    )?;
     Ok((io, serial))
 }
 
@@ -234,9 +310,13 @@ impl VmmError {
             _ => DATA,
         };
         match self {
-            VmmError::OpenFile { source, .. } | VmmError::ConsoleLog { source, .. } => io_code(source),
+            VmmError::OpenFile { source, .. } | VmmError::ConsoleLog { source, .. } => {
+                io_code(source)
+            }
             VmmError::NotAFile { .. } | VmmError::Kernel { .. } | VmmError::Initrd { .. } => DATA,
-            VmmError::Vm(VmError::KvmMissing(_) | VmError::MissingCap(_) | VmError::TooManyVcpus { .. }) => UNAVAILABLE,
+            VmmError::Vm(
+                VmError::KvmMissing(_) | VmError::MissingCap(_) | VmError::TooManyVcpus { .. },
+            ) => UNAVAILABLE,
             VmmError::Vm(VmError::KvmAccess(_)) => NO_PERM,
             _ => SOFTWARE,
         }

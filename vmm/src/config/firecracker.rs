@@ -82,7 +82,11 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
 /// named as the document root.
 fn field_name(path: &serde_path_to_error::Path) -> String {
     let s = path.to_string();
-    if s == "." { "(top level)".to_owned() } else { s }
+    if s == "." {
+        "(top level)".to_owned()
+    } else {
+        s
+    }
 }
 
 fn unsupported(file: &Path, field: &str, why: &str) -> ConfigError {
@@ -95,7 +99,10 @@ fn unsupported(file: &Path, field: &str, why: &str) -> ConfigError {
 
 fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), ConfigError> {
     let not_yet = "herd-vmm does not support this section yet";
-    let lists = [("drives", &cfg.drives), ("network-interfaces", &cfg.network_interfaces)];
+    let lists = [
+        ("drives", &cfg.drives),
+        ("network-interfaces", &cfg.network_interfaces),
+    ];
     for (name, list) in lists {
         if list.as_ref().is_some_and(|l| !l.is_empty()) {
             return Err(unsupported(file, name, not_yet));
@@ -112,12 +119,19 @@ fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), Config
         ("cpu-config", &cfg.cpu_config),
         ("memory-hotplug", &cfg.memory_hotplug),
     ];
-    if let Some((name, _)) = sections.iter().find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null())) {
+    if let Some((name, _)) = sections
+        .iter()
+        .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+    {
         return Err(unsupported(file, name, not_yet));
     }
     if let Some(m) = &cfg.machine_config {
         if m.smt {
-            return Err(unsupported(file, "machine-config.smt", "SMT is not supported"));
+            return Err(unsupported(
+                file,
+                "machine-config.smt",
+                "SMT is not supported",
+            ));
         }
         if m.track_dirty_pages {
             let why = "dirty page tracking comes with snapshots";
@@ -174,7 +188,9 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "bogus": 1}"#).unwrap_err();
-        assert!(matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("bogus")));
+        assert!(
+            matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("bogus"))
+        );
     }
 
     #[test]
@@ -184,13 +200,19 @@ mod tests {
                 "machine-config": {"vcpu_count": "two", "mem_size_mib": 128}}"#,
         )
         .unwrap_err();
-        assert!(matches!(&err, ConfigError::Field { field, .. } if field == "machine-config.vcpu_count"), "{err:?}");
+        assert!(
+            matches!(&err, ConfigError::Field { field, .. } if field == "machine-config.vcpu_count"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn missing_boot_source_is_rejected() {
-        let err = parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap_err();
-        assert!(matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("boot-source")));
+        let err =
+            parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Field { source, .. } if source.to_string().contains("boot-source"))
+        );
     }
 
     #[test]
@@ -201,15 +223,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "drives"));
-        let err = parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3}}"#)
-            .unwrap_err();
+        let err =
+            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3}}"#)
+                .unwrap_err();
         assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "vsock"));
         let err = parse(
             r#"{"boot-source": {"kernel_image_path": "k"},
                 "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#,
         )
         .unwrap_err();
-        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "machine-config.smt"));
+        assert!(
+            matches!(&err, ConfigError::Unsupported { field, .. } if field == "machine-config.smt")
+        );
     }
 
     #[test]
@@ -219,6 +244,9 @@ mod tests {
                 "machine-config": {"vcpu_count": 64, "mem_size_mib": 128}}"#,
         )
         .unwrap();
-        assert!(matches!(raw.validate(1024), Err(ConfigError::VcpuCount(64))));
+        assert!(matches!(
+            raw.validate(1024),
+            Err(ConfigError::VcpuCount(64))
+        ));
     }
 }

@@ -220,30 +220,67 @@ mod tests {
     #[test]
     fn vcpu_count_outside_1_to_32_is_rejected() {
         for bad in [0, 33, 256, u64::MAX] {
-            let err = RawVmConfig { vcpus: Some(bad), ..raw() }.validate(HOST).unwrap_err();
-            assert!(matches!(err, ConfigError::VcpuCount(n) if n == bad), "{err}");
+            let err = RawVmConfig {
+                vcpus: Some(bad),
+                ..raw()
+            }
+            .validate(HOST)
+            .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::VcpuCount(n) if n == bad),
+                "{err}"
+            );
         }
         for good in [1, 4, 32] {
-            assert!(RawVmConfig { vcpus: Some(good), ..raw() }.validate(HOST).is_ok());
+            assert!(
+                RawVmConfig {
+                    vcpus: Some(good),
+                    ..raw()
+                }
+                .validate(HOST)
+                .is_ok()
+            );
         }
     }
 
     #[test]
     fn memory_below_minimum_or_above_host_is_rejected() {
-        let small = RawVmConfig { memory_mib: Some(31), ..raw() }.validate(HOST);
+        let small = RawVmConfig {
+            memory_mib: Some(31),
+            ..raw()
+        }
+        .validate(HOST);
         assert!(matches!(small, Err(ConfigError::MemoryTooSmall(31))));
-        let big = RawVmConfig { memory_mib: Some(HOST + 1), ..raw() }.validate(HOST);
+        let big = RawVmConfig {
+            memory_mib: Some(HOST + 1),
+            ..raw()
+        }
+        .validate(HOST);
         assert!(matches!(big, Err(ConfigError::MemoryTooLarge(_, HOST))));
-        let ok = RawVmConfig { memory_mib: Some(32), ..raw() }.validate(HOST).unwrap();
+        let ok = RawVmConfig {
+            memory_mib: Some(32),
+            ..raw()
+        }
+        .validate(HOST)
+        .unwrap();
         assert_eq!(ok.memory.bytes(), 32 << 20);
     }
 
     #[test]
     fn cmdline_longer_than_guest_buffer_or_with_nul_is_rejected() {
         let long = "a".repeat(MAX_CMDLINE_LEN);
-        let err = RawVmConfig { cmdline: Some(long), ..raw() }.validate(HOST).unwrap_err();
+        let err = RawVmConfig {
+            cmdline: Some(long),
+            ..raw()
+        }
+        .validate(HOST)
+        .unwrap_err();
         assert!(matches!(err, ConfigError::CmdlineTooLong(4096)));
-        let nul = RawVmConfig { cmdline: Some("a\0b".into()), ..raw() }.validate(HOST);
+        let nul = RawVmConfig {
+            cmdline: Some("a\0b".into()),
+            ..raw()
+        }
+        .validate(HOST);
         assert!(matches!(nul, Err(ConfigError::CmdlineNul)));
     }
 }

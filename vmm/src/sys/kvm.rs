@@ -5,7 +5,11 @@ use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
 
 /// Maps `region` into the guest as memory slot `slot`.
-pub fn register_memory_region(vm: &VmFd, slot: u32, region: &GuestRegionMmap) -> Result<(), kvm_ioctls::Error> {
+pub fn register_memory_region(
+    vm: &VmFd,
+    slot: u32,
+    region: &GuestRegionMmap,
+) -> Result<(), kvm_ioctls::Error> {
     let mem = kvm_userspace_memory_region {
         slot,
         flags: 0,

@@ -41,12 +41,15 @@ mod tests {
     fn touched_pages_of_a_lazy_mapping_become_resident() {
         let region = vm_memory::MmapRegion::<()>::new(16 * PAGE).unwrap();
         assert_eq!(resident_bytes(region.as_ptr(), region.size()).unwrap(), 0);
-        // SAFETY: offsets 0 and 5 pages are inside the 16-page mapping we own.
-        unsafe {
-            region.as_ptr().write(1);
-            region.as_ptr().add(5 * PAGE).write(1);
+        for page in [0, 5] {
+            let p = region.as_ptr().wrapping_add(page * PAGE);
+            // SAFETY: pages 0 and 5 are inside the 16-page mapping `region` owns.
+            unsafe { p.write(1) };
         }
-        assert_eq!(resident_bytes(region.as_ptr(), region.size()).unwrap(), 2 * PAGE as u64);
+        assert_eq!(
+            resident_bytes(region.as_ptr(), region.size()).unwrap(),
+            2 * PAGE as u64
+        );
         assert!(peak_rss_kib() > 0);
     }
 }

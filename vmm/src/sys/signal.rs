@@ -10,7 +10,11 @@ use vmm_sys_util::signal::register_signal_handler;
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop_signal(num: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_stop_signal(
+    num: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
     LAST_SIGNAL.store(num, Ordering::SeqCst);
     let fd = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 fn read_clock(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec and the clock ids we pass are supported on
     // every Linux; clock_gettime writes nothing else.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };

@@ -87,10 +87,17 @@ pub fn handle_exit(id: u8, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
         VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET, _) => {
             return ExitAction::Stop(StopReason::GuestReset);
         }
-        VcpuExit::SystemEvent(kind @ KVM_SYSTEM_EVENT_CRASH, _) => return fault(GuestFault::Crash { vcpu: id, kind }),
+        VcpuExit::SystemEvent(kind @ KVM_SYSTEM_EVENT_CRASH, _) => {
+            return fault(GuestFault::Crash { vcpu: id, kind });
+        }
         VcpuExit::InternalError => return fault(GuestFault::InternalError(id)),
         VcpuExit::FailEntry(reason, _) => return fault(GuestFault::FailEntry { vcpu: id, reason }),
-        other => return fault(GuestFault::UnhandledExit { vcpu: id, exit: format!("{other:?}") }),
+        other => {
+            return fault(GuestFault::UnhandledExit {
+                vcpu: id,
+                exit: format!("{other:?}"),
+            });
+        }
     }
     ExitAction::Continue
 }
@@ -105,29 +112,48 @@ pub struct Vcpu {
 impl Vcpu {
     /// Creates vCPU `id` (its APIC id too).
     pub fn new(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(|e| VcpuError::Create(id, e))?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
         Ok(Self { id, fd })
     }
 
     /// Sets CPUID, MSRs, LAPIC and FPU; the boot vCPU also gets `boot` registers. Other vCPUs
     /// wait for INIT/SIPI from the guest, as on real hardware.
-    pub fn configure(&self, kvm: &Kvm, count: u8, boot: Option<BootEntry>) -> Result<(), VcpuError> {
+    pub fn configure(
+        &self,
+        kvm: &Kvm,
+        count: u8,
+        boot: Option<BootEntry>,
+    ) -> Result<(), VcpuError> {
         let err = |what| move |e| VcpuError::Configure(self.id, what, e);
-        let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("CPUID"))?;
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("CPUID"))?;
         patch_for_vcpu(cpuid.as_mut_slice(), self.id, count);
         self.fd.set_cpuid2(&cpuid).map_err(err("CPUID"))?;
         let msrs = Msrs::from_entries(&regs::boot_msrs()).expect("a handful of MSRs fits");
         let written = self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
         if written != msrs.as_slice().len() {
-            tracing::debug!(vcpu = self.id, "KVM accepted {written} of {} boot MSRs", msrs.as_slice().len());
+            tracing::debug!(
+                vcpu = self.id,
+                "KVM accepted {written} of {} boot MSRs",
+                msrs.as_slice().len()
+            );
         }
         let lapic = self.fd.get_lapic().map_err(err("LAPIC"))?;
-        self.fd.set_lapic(&regs::wire_lapic_lints(lapic)).map_err(err("LAPIC"))?;
+        self.fd
+            .set_lapic(&regs::wire_lapic_lints(lapic))
+            .map_err(err("LAPIC"))?;
         self.fd.set_fpu(&regs::boot_fpu()).map_err(err("FPU"))?;
         if let Some(entry) = boot {
             let sregs = self.fd.get_sregs().map_err(err("special registers"))?;
-            self.fd.set_sregs(&regs::boot_sregs(sregs, entry)).map_err(err("special registers"))?;
-            self.fd.set_regs(&regs::boot_regs(entry)).map_err(err("registers"))?;
+            self.fd
+                .set_sregs(&regs::boot_sregs(sregs, entry))
+                .map_err(err("special registers"))?;
+            self.fd
+                .set_regs(&regs::boot_regs(entry))
+                .map_err(err("registers"))?;
         }
         Ok(())
     }
@@ -137,7 +163,7 @@ impl Vcpu {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run_loop(&io, &*stop))
+            .spawn(move || self.run_loop(&io, &stop))
             .map_err(|e| VcpuError::Spawn(id, e))
     }
 
@@ -166,7 +192,10 @@ impl Vcpu {
         let action = match self.fd.run() {
             Ok(exit) => handle_exit(self.id, exit, io),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
-            Err(e) => ExitAction::Stop(StopReason::Fault(GuestFault::RunFailed { vcpu: self.id, errno: e.to_string() })),
+            Err(e) => ExitAction::Stop(StopReason::Fault(GuestFault::RunFailed {
+                vcpu: self.id,
+                errno: e.to_string(),
+            })),
         };
         match action {
             ExitAction::Stop(reason) => VcpuState::Stopping(reason),
@@ -186,26 +215,40 @@ mod tests {
         let dev = Arc::new(Mutex::new(Recorder::default()));
         let mut io = IoBuses::default();
         io.pio.insert("rec", 0x3f8, 8, dev.clone()).unwrap();
-        io.mmio.insert("rec-mmio", 0xc000_0000, 0x1000, dev.clone()).unwrap();
+        io.mmio
+            .insert("rec-mmio", 0xc000_0000, 0x1000, dev.clone())
+            .unwrap();
         (io, dev)
     }
 
     #[test]
     fn port_and_mmio_accesses_reach_their_devices() {
         let (io, dev) = buses();
-        assert_eq!(handle_exit(0, VcpuExit::IoOut(0x3f8, &[b'x']), &io), ExitAction::Continue);
-        assert_eq!(handle_exit(0, VcpuExit::MmioWrite(0xc000_0000, &[123]), &io), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoOut(0x3f8, b"x"), &io),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            handle_exit(0, VcpuExit::MmioWrite(0xc000_0000, &[123]), &io),
+            ExitAction::Continue
+        );
         let mut b = [0u8; 1];
         handle_exit(0, VcpuExit::IoIn(0x3fd, &mut b), &io);
         assert_eq!(b, [0xab]);
-        assert_eq!(dev.lock().unwrap().writes, vec![(0, vec![b'x']), (0, vec![123])]);
+        assert_eq!(
+            dev.lock().unwrap().writes,
+            vec![(0, vec![b'x']), (0, vec![123])]
+        );
     }
 
     #[test]
     fn reads_where_no_device_is_float_high_and_writes_are_dropped() {
         let (io, dev) = buses();
         let mut b = [0u8; 2];
-        assert_eq!(handle_exit(0, VcpuExit::IoIn(0x80, &mut b), &io), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoIn(0x80, &mut b), &io),
+            ExitAction::Continue
+        );
         assert_eq!(b, [0xff, 0xff]);
         let mut m = [0u8; 4];
         handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut m), &io);
@@ -218,11 +261,20 @@ mod tests {
     fn triple_fault_internal_error_and_unknown_exits_stop_with_a_fault() {
         let (io, _) = buses();
         let stop = |f| ExitAction::Stop(StopReason::Fault(f));
-        assert_eq!(handle_exit(2, VcpuExit::Shutdown, &io), stop(GuestFault::TripleFault(2)));
-        assert_eq!(handle_exit(1, VcpuExit::InternalError, &io), stop(GuestFault::InternalError(1)));
+        assert_eq!(
+            handle_exit(2, VcpuExit::Shutdown, &io),
+            stop(GuestFault::TripleFault(2))
+        );
+        assert_eq!(
+            handle_exit(1, VcpuExit::InternalError, &io),
+            stop(GuestFault::InternalError(1))
+        );
         assert_eq!(
             handle_exit(0, VcpuExit::FailEntry(0x21, 0), &io),
-            stop(GuestFault::FailEntry { vcpu: 0, reason: 0x21 })
+            stop(GuestFault::FailEntry {
+                vcpu: 0,
+                reason: 0x21
+            })
         );
         assert!(matches!(
             handle_exit(0, VcpuExit::IrqWindowOpen, &io),
@@ -234,7 +286,10 @@ mod tests {
     fn kvm_reset_and_shutdown_events_end_the_vm_cleanly() {
         let (io, _) = buses();
         for kind in [KVM_SYSTEM_EVENT_SHUTDOWN, KVM_SYSTEM_EVENT_RESET] {
-            assert_eq!(handle_exit(0, VcpuExit::SystemEvent(kind, &[]), &io), ExitAction::Stop(StopReason::GuestReset));
+            assert_eq!(
+                handle_exit(0, VcpuExit::SystemEvent(kind, &[]), &io),
+                ExitAction::Stop(StopReason::GuestReset)
+            );
         }
     }
 }

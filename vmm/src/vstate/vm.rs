@@ -68,7 +68,10 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 impl Vm {
     /// Creates a VM with `mem_bytes` of RAM for `vcpus` vCPUs.
     pub fn new(kvm: Kvm, mem_bytes: u64, vcpus: u8) -> Result<Self, VmError> {
-        if let Some((_, what)) = REQUIRED_CAPS.iter().find(|(cap, _)| !kvm.check_extension(*cap)) {
+        if let Some((_, what)) = REQUIRED_CAPS
+            .iter()
+            .find(|(cap, _)| !kvm.check_extension(*cap))
+        {
             return Err(VmError::MissingCap(what));
         }
         let max = kvm.get_max_vcpus();
@@ -76,18 +79,30 @@ impl Vm {
             return Err(VmError::TooManyVcpus { max, asked: vcpus });
         }
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
-        let ranges: Vec<_> = ram_ranges(mem_bytes).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(mem_bytes >> 20, e))?;
+        let ranges: Vec<_> = ram_ranges(mem_bytes)
+            .into_iter()
+            .map(|(s, l)| (GuestAddress(s), l as usize))
+            .collect();
+        let memory = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| VmError::Memory(mem_bytes >> 20, e))?;
         for (slot, region) in memory.iter().enumerate() {
-            register_memory_region(&fd, slot as u32, region).map_err(|e| VmError::MemorySlot(slot as u32, e))?;
+            register_memory_region(&fd, slot as u32, region)
+                .map_err(|e| VmError::MemorySlot(slot as u32, e))?;
         }
-        fd.set_tss_address(KVM_TSS_ADDR as usize).map_err(|e| VmError::Setup("the TSS address", e))?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(|e| VmError::Setup("the identity map", e))?;
-        fd.create_irq_chip().map_err(|e| VmError::Setup("the in-kernel irqchip", e))?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(|e| VmError::Setup("the TSS address", e))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(|e| VmError::Setup("the identity map", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Setup("the in-kernel irqchip", e))?;
         // The dummy speaker port lets the kernel PIT answer port 0x61 too, which Linux polls
         // while calibrating; otherwise every poll would be an exit to us.
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        fd.create_pit2(pit).map_err(|e| VmError::Setup("the in-kernel PIT", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Setup("the in-kernel PIT", e))?;
         Ok(Self { kvm, fd, memory })
     }
 }

@@ -26,12 +26,20 @@ pub enum BootError {
     NotAKernel,
     #[error("the kernel image is not loadable")]
     BadKernel(#[source] linux_loader::loader::Error),
-    #[error("the kernel needs memory up to {end:#x}, beyond the guest's RAM below the MMIO hole at {limit:#x}")]
+    #[error(
+        "the kernel needs memory up to {end:#x}, beyond the guest's RAM below the MMIO hole at {limit:#x}"
+    )]
     KernelTooLarge { end: u64, limit: u64 },
     #[error("cannot read the initrd")]
     ReadInitrd(#[source] std::io::Error),
-    #[error("the initrd ({size} bytes) does not fit in guest memory between the kernel end {kernel_end:#x} and {limit:#x}")]
-    InitrdTooLarge { size: u64, kernel_end: u64, limit: u64 },
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest memory between the kernel end {kernel_end:#x} and {limit:#x}"
+    )]
+    InitrdTooLarge {
+        size: u64,
+        kernel_end: u64,
+        limit: u64,
+    },
     #[error("cannot write {0} to guest memory")]
     Write(&'static str, #[source] vm_memory::GuestMemoryError),
     #[error(transparent)]
@@ -65,26 +73,35 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
 /// Loads an ELF vmlinux or a bzImage from `file`.
-pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File, mem_bytes: u64) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    mem_bytes: u64,
+) -> Result<LoadedKernel, BootError> {
     let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).map_err(|_| BootError::NotAKernel)?;
-    file.seek(SeekFrom::Start(0)).map_err(BootError::ReadKernel)?;
+    file.read_exact(&mut magic)
+        .map_err(|_| BootError::NotAKernel)?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
     let himem = Some(GuestAddress(HIMEM_ADDR));
     let kernel = if magic == ELF_MAGIC {
         let result = Elf::load(mem, None, file, himem).map_err(BootError::BadKernel)?;
         from_elf(result)
     } else {
         let result = BzImage::load(mem, None, file, himem).map_err(|e| match e {
-            linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::InvalidBzImage) => {
-                BootError::NotAKernel
-            }
+            linux_loader::loader::Error::Bzimage(
+                linux_loader::loader::bzimage::Error::InvalidBzImage,
+            ) => BootError::NotAKernel,
             other => BootError::BadKernel(other),
         })?;
         from_bzimage(result)
     };
     let limit = low_ram_end(mem_bytes);
     if kernel.end > limit {
-        return Err(BootError::KernelTooLarge { end: kernel.end, limit });
+        return Err(BootError::KernelTooLarge {
+            end: kernel.end,
+            limit,
+        });
     }
     Ok(kernel)
 }
@@ -92,9 +109,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File, mem_bytes: u64) -> Re
 fn from_elf(result: KernelLoaderResult) -> LoadedKernel {
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => BootEntry::Pvh { entry: addr.0 },
-        _ => BootEntry::Linux64 { entry: result.kernel_load.0 },
+        _ => BootEntry::Linux64 {
+            entry: result.kernel_load.0,
+        },
     };
-    LoadedKernel { entry, end: result.kernel_end, setup_header: None }
+    LoadedKernel {
+        entry,
+        end: result.kernel_end,
+        setup_header: None,
+    }
 }
 
 fn from_bzimage(result: KernelLoaderResult) -> LoadedKernel {
@@ -103,7 +126,9 @@ fn from_bzimage(result: KernelLoaderResult) -> LoadedKernel {
     // The decompressor works in place and needs `init_size` bytes from the load address.
     let init_size = hdr.map_or(0, |h| u64::from(h.init_size));
     LoadedKernel {
-        entry: BootEntry::Linux64 { entry: load + BZIMAGE_64BIT_ENTRY_OFFSET },
+        entry: BootEntry::Linux64 {
+            entry: load + BZIMAGE_64BIT_ENTRY_OFFSET,
+        },
         end: result.kernel_end.max(load + init_size),
         setup_header: hdr,
     }
@@ -122,12 +147,24 @@ pub fn load_initrd(
         limit = limit.min(u64::from(hdr.initrd_addr_max) + 1);
     }
     let kernel_end = kernel.end.next_multiple_of(PAGE_SIZE);
-    let too_large = BootError::InitrdTooLarge { size, kernel_end, limit };
+    let too_large = BootError::InitrdTooLarge {
+        size,
+        kernel_end,
+        limit,
+    };
     let addr = limit.checked_sub(size).ok_or(too_large)? & !(PAGE_SIZE - 1);
     if addr < kernel_end {
-        return Err(BootError::InitrdTooLarge { size, kernel_end, limit });
+        return Err(BootError::InitrdTooLarge {
+            size,
+            kernel_end,
+            limit,
+        });
     }
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge { size, kernel_end, limit })?;
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge {
+        size,
+        kernel_end,
+        limit,
+    })?;
     mem.read_exact_volatile_from(GuestAddress(addr), file, len)
         .map_err(|e| BootError::ReadInitrd(std::io::Error::other(e)))?;
     Ok(LoadedInitrd { addr, size })
@@ -143,16 +180,22 @@ pub fn write_boot_info(
 ) -> Result<(), BootError> {
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);
-    mem.write_slice(&line, GuestAddress(CMDLINE_ADDR)).map_err(|e| BootError::Write("the command line", e))?;
-    let gdt: Vec<u8> = gdt_for(kernel.entry).iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write_slice(&gdt, GuestAddress(GDT_ADDR)).map_err(|e| BootError::Write("the GDT", e))?;
+    mem.write_slice(&line, GuestAddress(CMDLINE_ADDR))
+        .map_err(|e| BootError::Write("the command line", e))?;
+    let gdt: Vec<u8> = gdt_for(kernel.entry)
+        .iter()
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
+    mem.write_slice(&gdt, GuestAddress(GDT_ADDR))
+        .map_err(|e| BootError::Write("the GDT", e))?;
     let map = e820_map(mem_bytes);
     match kernel.entry {
         BootEntry::Pvh { .. } => write_pvh_start_info(mem, initrd, &map),
         BootEntry::Linux64 { .. } => {
             paging::write(mem)?;
             let params = zero_page(kernel.setup_header, initrd, cmdline.len(), &map);
-            mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR)).map_err(|e| BootError::Write("the zero page", e))
+            mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+                .map_err(|e| BootError::Write("the zero page", e))
         }
     }
 }
@@ -164,7 +207,10 @@ pub fn zero_page(
     cmdline_len: usize,
     map: &[E820Entry],
 ) -> boot_params {
-    let mut params = boot_params { hdr: header.unwrap_or_default(), ..Default::default() };
+    let mut params = boot_params {
+        hdr: header.unwrap_or_default(),
+        ..Default::default()
+    };
     let hdr = &mut params.hdr;
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
@@ -181,20 +227,34 @@ pub fn zero_page(
         params.ext_ramdisk_size = (initrd.size >> 32) as u32;
     }
     for (slot, e) in params.e820_table.iter_mut().zip(map) {
-        *slot = boot_e820_entry { addr: e.start, size: e.len, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.start,
+            size: e.len,
+            r#type: e.kind,
+        };
     }
     params.e820_entries = map.len() as u8;
     params
 }
 
 /// Writes `hvm_start_info` at `PVH_INFO_ADDR`, followed by its memory map and module list.
-fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<LoadedInitrd>, map: &[E820Entry]) -> Result<(), BootError> {
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    initrd: Option<LoadedInitrd>,
+    map: &[E820Entry],
+) -> Result<(), BootError> {
     let write_err = |e| BootError::Write("the PVH start info", e);
     let memmap_addr = PVH_INFO_ADDR + std::mem::size_of::<hvm_start_info>() as u64;
     let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
     for (i, e) in map.iter().enumerate() {
-        let entry = hvm_memmap_table_entry { addr: e.start, size: e.len, type_: e.kind, reserved: 0 };
-        mem.write_obj(entry, GuestAddress(memmap_addr + i as u64 * entry_size)).map_err(write_err)?;
+        let entry = hvm_memmap_table_entry {
+            addr: e.start,
+            size: e.len,
+            type_: e.kind,
+            reserved: 0,
+        };
+        mem.write_obj(entry, GuestAddress(memmap_addr + i as u64 * entry_size))
+            .map_err(write_err)?;
     }
     let modlist_addr = memmap_addr + map.len() as u64 * entry_size;
     let mut info = hvm_start_info {
@@ -206,12 +266,18 @@ fn write_pvh_start_info(mem: &GuestMemoryMmap, initrd: Option<LoadedInitrd>, map
         ..Default::default()
     };
     if let Some(initrd) = initrd {
-        let module = hvm_modlist_entry { paddr: initrd.addr, size: initrd.size, ..Default::default() };
-        mem.write_obj(module, GuestAddress(modlist_addr)).map_err(write_err)?;
+        let module = hvm_modlist_entry {
+            paddr: initrd.addr,
+            size: initrd.size,
+            ..Default::default()
+        };
+        mem.write_obj(module, GuestAddress(modlist_addr))
+            .map_err(write_err)?;
         info.nr_modules = 1;
         info.modlist_paddr = modlist_addr;
     }
-    mem.write_obj(info, GuestAddress(PVH_INFO_ADDR)).map_err(write_err)
+    mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))
+        .map_err(write_err)
 }
 
 #[cfg(test)]
@@ -233,7 +299,11 @@ mod tests {
     }
 
     fn kernel_at(end: u64) -> LoadedKernel {
-        LoadedKernel { entry: BootEntry::Pvh { entry: 0x100000 }, end, setup_header: None }
+        LoadedKernel {
+            entry: BootEntry::Pvh { entry: 0x100000 },
+            end,
+            setup_header: None,
+        }
     }
 
     #[test]
@@ -251,9 +321,12 @@ mod tests {
         let initrd = load_initrd(&mem, &mut file_with(&data), &kernel_at(0x200000), MEM).unwrap();
         assert_eq!(initrd.size, 10_000);
         assert_eq!(initrd.addr % PAGE_SIZE, 0);
-        assert!(initrd.addr + initrd.size <= MEM && initrd.addr + initrd.size > MEM - PAGE_SIZE * 2);
+        assert!(
+            initrd.addr + initrd.size <= MEM && initrd.addr + initrd.size > MEM - PAGE_SIZE * 2
+        );
         let mut back = vec![0u8; 10_000];
-        mem.read_slice(&mut back, GuestAddress(initrd.addr)).unwrap();
+        mem.read_slice(&mut back, GuestAddress(initrd.addr))
+            .unwrap();
         assert_eq!(back, data);
     }
 
@@ -261,18 +334,33 @@ mod tests {
     fn initrd_that_would_overlap_the_kernel_is_refused() {
         let mem = guest();
         let data = vec![0u8; 4 << 20];
-        let err = load_initrd(&mem, &mut file_with(&data), &kernel_at(MEM - (2 << 20)), MEM).unwrap_err();
-        assert!(matches!(err, BootError::InitrdTooLarge { size, .. } if size == 4 << 20), "{err}");
+        let err = load_initrd(
+            &mem,
+            &mut file_with(&data),
+            &kernel_at(MEM - (2 << 20)),
+            MEM,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BootError::InitrdTooLarge { size, .. } if size == 4 << 20),
+            "{err}"
+        );
     }
 
     #[test]
     fn zero_page_points_at_cmdline_initrd_and_carries_the_e820_map() {
         let map = e820_map(MEM);
-        let initrd = LoadedInitrd { addr: 0x300_0000, size: 0x1234 };
+        let initrd = LoadedInitrd {
+            addr: 0x300_0000,
+            size: 0x1234,
+        };
         let p = zero_page(None, Some(initrd), 17, &map);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
         assert_eq!({ p.hdr.cmdline_size }, 17);
-        assert_eq!(({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }), (0x300_0000, 0x1234));
+        assert_eq!(
+            ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }),
+            (0x300_0000, 0x1234)
+        );
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!(p.e820_entries as usize, map.len());
         assert_eq!({ p.e820_table[2].addr }, HIMEM_ADDR);
@@ -282,18 +370,26 @@ mod tests {
     fn pvh_start_info_lists_memory_map_cmdline_and_initrd_module() {
         let mem = guest();
         let kernel = kernel_at(0x200000);
-        let initrd = LoadedInitrd { addr: 0x300_0000, size: 0x1234 };
+        let initrd = LoadedInitrd {
+            addr: 0x300_0000,
+            size: 0x1234,
+        };
         write_boot_info(&mem, &kernel, Some(initrd), "console=ttyS0", MEM).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
         assert_eq!((info.magic, info.version), (XEN_HVM_START_MAGIC, 1));
         assert_eq!(info.memmap_entries, 3);
-        let last: hvm_memmap_table_entry = mem.read_obj(GuestAddress(info.memmap_paddr + 48)).unwrap();
-        assert_eq!((last.addr, last.addr + last.size, last.type_), (HIMEM_ADDR, MEM, 1));
+        let last: hvm_memmap_table_entry =
+            mem.read_obj(GuestAddress(info.memmap_paddr + 48)).unwrap();
+        assert_eq!(
+            (last.addr, last.addr + last.size, last.type_),
+            (HIMEM_ADDR, MEM, 1)
+        );
         assert_eq!(info.nr_modules, 1);
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 0x1234));
         let mut line = [0u8; 14];
-        mem.read_slice(&mut line, GuestAddress(info.cmdline_paddr)).unwrap();
+        mem.read_slice(&mut line, GuestAddress(info.cmdline_paddr))
+            .unwrap();
         assert_eq!(&line, b"console=ttyS0\0");
     }
 }

@@ -35,7 +35,12 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ebx: 0xdead_0800, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0xdead_0800,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -39,7 +39,11 @@ pub fn segment(desc: u64, index: u16) -> kvm_segment {
     let granular = flags & 0x8 != 0;
     kvm_segment {
         base: (((desc >> 16) & 0xff_ffff) | ((desc >> 32) & 0xff00_0000)),
-        limit: if granular { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: access & 0xf,
         present: (access >> 7) & 1,

@@ -38,12 +38,28 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
 /// The e820 map for `mem_bytes` of memory (at least `HIMEM_ADDR` bytes).
 pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry { start: 0, len: EBDA_ADDR, kind: E820_RAM },
-        E820Entry { start: EBDA_ADDR, len: HIMEM_ADDR - EBDA_ADDR, kind: E820_RESERVED },
+        E820Entry {
+            start: 0,
+            len: EBDA_ADDR,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            start: EBDA_ADDR,
+            len: HIMEM_ADDR - EBDA_ADDR,
+            kind: E820_RESERVED,
+        },
     ];
     for (start, len) in ram_ranges(mem_bytes) {
-        let (start, len) = if start == 0 { (HIMEM_ADDR, len - HIMEM_ADDR) } else { (start, len) };
-        map.push(E820Entry { start, len, kind: E820_RAM });
+        let (start, len) = if start == 0 {
+            (HIMEM_ADDR, len - HIMEM_ADDR)
+        } else {
+            (start, len)
+        };
+        map.push(E820Entry {
+            start,
+            len,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -67,9 +83,21 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { start: 0, len: 0x9fc00, kind: E820_RAM },
-                E820Entry { start: 0x9fc00, len: 0x60400, kind: E820_RESERVED },
-                E820Entry { start: 0x100000, len: 63 * MIB, kind: E820_RAM },
+                E820Entry {
+                    start: 0,
+                    len: 0x9fc00,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    start: 0x9fc00,
+                    len: 0x60400,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    start: 0x100000,
+                    len: 63 * MIB,
+                    kind: E820_RAM
+                },
             ]
         );
     }
@@ -79,7 +107,14 @@ mod tests {
         assert_eq!(ram_ranges(5 * GIB), vec![(0, 3 * GIB), (4 * GIB, 2 * GIB)]);
         let map = e820_map(5 * GIB);
         assert_eq!(map[2].end(), 3 * GIB);
-        assert_eq!(map[3], E820Entry { start: 4 * GIB, len: 2 * GIB, kind: E820_RAM });
+        assert_eq!(
+            map[3],
+            E820Entry {
+                start: 4 * GIB,
+                len: 2 * GIB,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(low_ram_end(5 * GIB), 3 * GIB);
     }
 
@@ -90,7 +125,11 @@ mod tests {
             for pair in map.windows(2) {
                 assert!(pair[0].end() <= pair[1].start, "{map:?}");
             }
-            let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.len).sum();
+            let ram: u64 = map
+                .iter()
+                .filter(|e| e.kind == E820_RAM)
+                .map(|e| e.len)
+                .sum();
             assert_eq!(ram, mem - (HIMEM_ADDR - EBDA_ADDR));
         }
     }

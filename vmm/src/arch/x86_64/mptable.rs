@@ -109,7 +109,8 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), MptableError> {
     if MPTABLE_ADDR + bytes.len() as u64 > HIMEM_ADDR {
         return Err(MptableError::TooLarge(vcpus));
     }
-    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR)).map_err(MptableError::Write)
+    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR))
+        .map_err(MptableError::Write)
 }
 
 #[cfg(test)]
@@ -167,7 +168,8 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         write(&mem, 32).unwrap();
         let mut sig = [0u8; 4];
-        mem.read_slice(&mut sig, GuestAddress(MPTABLE_ADDR)).unwrap();
+        mem.read_slice(&mut sig, GuestAddress(MPTABLE_ADDR))
+            .unwrap();
         assert_eq!(&sig, b"_MP_");
     }
 }

@@ -46,7 +46,8 @@ pub fn tables() -> Vec<(u64, Vec<u64>)> {
 pub fn write(mem: &GuestMemoryMmap) -> Result<u64, PagingError> {
     for (addr, entries) in tables() {
         let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
-        mem.write_slice(&bytes, GuestAddress(addr)).map_err(PagingError)?;
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(PagingError)?;
     }
     Ok(PML4_ADDR)
 }
@@ -57,20 +58,33 @@ mod tests {
 
     /// Walks the tables like the MMU does for a 2 MiB mapping.
     fn translate(tables: &[(u64, Vec<u64>)], va: u64) -> Option<u64> {
-        let find = |addr: u64| tables.iter().find(|(a, _)| *a == addr & !0xfff).map(|(_, t)| t);
+        let find = |addr: u64| {
+            tables
+                .iter()
+                .find(|(a, _)| *a == addr & !0xfff)
+                .map(|(_, t)| t)
+        };
         let pml4e = find(PML4_ADDR)?[((va >> 39) & 0x1ff) as usize];
         let pdpte = find(pml4e)?.get(((va >> 30) & 0x1ff) as usize).copied()?;
         if pdpte & 1 == 0 {
             return None;
         }
         let pde = find(pdpte)?[((va >> 21) & 0x1ff) as usize];
-        (pde & 0x81 == 0x81).then_some((pde & !0x1f_ffff & 0x000f_ffff_ffff_f000) | (va & 0x1f_ffff))
+        (pde & 0x81 == 0x81)
+            .then_some((pde & !0x1f_ffff & 0x000f_ffff_ffff_f000) | (va & 0x1f_ffff))
     }
 
     #[test]
     fn first_4_gib_is_identity_mapped_and_nothing_above() {
         let t = tables();
-        for va in [0, 0x10_0000, 0x1234_5678, 0xc000_0000, 0xfee0_0000, 0xffff_ffff] {
+        for va in [
+            0,
+            0x10_0000,
+            0x1234_5678,
+            0xc000_0000,
+            0xfee0_0000,
+            0xffff_ffff,
+        ] {
             assert_eq!(translate(&t, va), Some(va), "{va:#x}");
         }
         assert_eq!(translate(&t, 1 << 32), None);

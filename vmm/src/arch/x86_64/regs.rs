@@ -36,7 +36,10 @@ pub fn gdt_for(entry: BootEntry) -> [u64; 4] {
 
 /// General-purpose registers of the boot vCPU.
 pub fn boot_regs(entry: BootEntry) -> kvm_regs {
-    let mut regs = kvm_regs { rflags: RFLAGS_RESERVED, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    };
     match entry {
         BootEntry::Pvh { entry } => {
             regs.rip = entry;
@@ -87,7 +90,11 @@ pub fn boot_sregs(mut sregs: kvm_sregs, entry: BootEntry) -> kvm_sregs {
 
 /// x87 and SSE control words as after a processor reset.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 const APIC_LVT_LINT0: usize = 0x350;
@@ -115,7 +122,11 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 
 /// MSRs firmware would have set before handing over.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    vec![kvm_msr_entry { index: MSR_IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING, ..Default::default() }]
+    vec![kvm_msr_entry {
+        index: MSR_IA32_MISC_ENABLE,
+        data: MISC_ENABLE_FAST_STRING,
+        ..Default::default()
+    }]
 }
 
 #[cfg(test)]
@@ -126,12 +137,18 @@ mod tests {
     fn pvh_starts_in_flat_32_bit_protected_mode_without_paging() {
         let entry = BootEntry::Pvh { entry: 0x100_0680 };
         let regs = boot_regs(entry);
-        assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0680, PVH_INFO_ADDR, 2));
+        assert_eq!(
+            (regs.rip, regs.rbx, regs.rflags),
+            (0x100_0680, PVH_INFO_ADDR, 2)
+        );
         let s = boot_sregs(kvm_sregs::default(), entry);
         assert_eq!(s.cr0 & CR0_PG, 0);
         assert_eq!(s.cr0 & CR0_PE, 1);
         assert_eq!(s.efer, 0);
-        assert_eq!((s.cs.db, s.cs.l, s.cs.base, s.cs.limit), (1, 0, 0, 0xffff_ffff));
+        assert_eq!(
+            (s.cs.db, s.cs.l, s.cs.base, s.cs.limit),
+            (1, 0, 0, 0xffff_ffff)
+        );
         assert_eq!(s.cs.selector, 8);
         assert_eq!(s.ds.selector, 0x10);
     }

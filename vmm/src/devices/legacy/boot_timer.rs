@@ -23,14 +23,21 @@ pub struct BootClock {
 impl BootClock {
     /// Reads both clocks now.
     pub fn now() -> Self {
-        Self { wall: Instant::now(), cpu: process_cpu_time() }
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu_time(),
+        }
     }
 }
 
 /// Formats the line in Firecracker's wording.
 pub fn boot_time_line(wall: Duration, cpu: Duration) -> String {
     let (us, cpu_us) = (wall.as_micros(), cpu.as_micros());
-    format!("Guest-boot-time = {us} us {} ms, {cpu_us} CPU us {} CPU ms", us / 1000, cpu_us / 1000)
+    format!(
+        "Guest-boot-time = {us} us {} ms, {cpu_us} CPU us {} CPU ms",
+        us / 1000,
+        cpu_us / 1000
+    )
 }
 
 /// The boot-timer device.
@@ -43,7 +50,10 @@ pub struct BootTimer {
 impl BootTimer {
     /// A timer measuring from `start`.
     pub fn new(start: BootClock) -> Self {
-        Self { start, limit: RateLimit::new(5) }
+        Self {
+            start,
+            limit: RateLimit::new(5),
+        }
     }
 }
 
@@ -71,7 +81,10 @@ mod tests {
     #[test]
     fn line_matches_firecracker_format() {
         let line = boot_time_line(Duration::from_micros(12_345), Duration::from_micros(2_600));
-        assert_eq!(line, "Guest-boot-time = 12345 us 12 ms, 2600 CPU us 2 CPU ms");
+        assert_eq!(
+            line,
+            "Guest-boot-time = 12345 us 12 ms, 2600 CPU us 2 CPU ms"
+        );
     }
 
     #[test]

@@ -44,7 +44,10 @@ mod tests {
         let log = Arc::new(StopLog::default());
         let mut port = ExitPort::new(log.clone());
         port.write(0, &[42]);
-        assert_eq!(*log.0.lock().unwrap(), vec![StopReason::GuestExitStatus(42)]);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            vec![StopReason::GuestExitStatus(42)]
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::{NoEvents, Serial};
 use vm_superio::Trigger;
+use vm_superio::serial::{NoEvents, Serial};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -40,7 +40,10 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// A UART writing to `out` and interrupting through `irq`.
     pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
-        Self { uart: Serial::new(IrqTrigger(irq), out), error_log: RateLimit::new(1) }
+        Self {
+            uart: Serial::new(IrqTrigger(irq), out),
+            error_log: RateLimit::new(1),
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
@@ -115,7 +118,8 @@ mod tests {
     #[test]
     fn bytes_written_to_thr_reach_the_console() {
         let sink = Sink::default();
-        let mut dev = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
+        let mut dev =
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
         for b in b"hi\n" {
             dev.write(THR, &[*b]);
         }
@@ -140,8 +144,9 @@ mod tests {
     #[test]
     fn wide_or_out_of_range_accesses_are_ignored() {
         let sink = Sink::default();
-        let mut dev = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
-        dev.write(THR, &[b'a', b'b']);
+        let mut dev =
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
+        dev.write(THR, b"ab");
         let mut two = [0u8; 2];
         dev.read(THR, &mut two);
         assert_eq!(two, [0xff, 0xff]);

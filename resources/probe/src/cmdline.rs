@@ -1,0 +1,184 @@
+//! The probe's command-line words: `exit=N`,
+//! `probe.end=exit|reboot|halt|triple-fault|echo|panic`
+//! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises).
+//!
+//! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
+//! understand (and values we cannot parse) are ignored.
+
+/// How the probe ends after its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// One-byte `out` of the exit code to port 0xf4.
+    Exit,
+    /// Write 0xfe to port 0x64 (i8042 CPU reset).
+    Reboot,
+    /// `cli; hlt` forever.
+    Halt,
+    /// Load an empty IDT and raise an exception.
+    TripleFault,
+    /// Read a line from COM1, print it, then end as `Exit`.
+    Echo,
+    /// Panic (to test the panic path: `probe: panic ...`, exit status 99).
+    Panic,
+}
+
+/// The exception raised (with an empty IDT) for `probe.end=triple-fault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `ud2`: invalid opcode.
+    Ud2,
+    /// `div` by zero.
+    Div0,
+    /// A software interrupt (`int 0x80`); on PVM hosts an emulation failure, not a fault.
+    Int,
+    /// A load from a non-canonical address (#GP).
+    Gp,
+    /// A load from an unmapped address (#PF).
+    Pf,
+}
+
+/// What the command line asks of the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Exit status for `End::Exit`/`End::Echo` (and printed in the `done` line).
+    pub exit: u8,
+    /// How to end.
+    pub end: End,
+    /// The exception for `End::TripleFault`.
+    pub fault: Fault,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            exit: 0,
+            end: End::Exit,
+            fault: Fault::Ud2,
+        }
+    }
+}
+
+/// Parses the words the probe understands out of `cmdline`.
+pub fn parse(cmdline: &[u8]) -> Options {
+    let mut opts = Options::default();
+    for word in cmdline.split(|b| b.is_ascii_whitespace()) {
+        let Some(eq) = word.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let value = &word[eq + 1..];
+        match &word[..eq] {
+            b"exit" => opts.exit = parse_u8(value).unwrap_or(opts.exit),
+            b"probe.end" => opts.end = parse_end(value).unwrap_or(opts.end),
+            b"probe.fault" => opts.fault = parse_fault(value).unwrap_or(opts.fault),
+            _ => {}
+        }
+    }
+    opts
+}
+
+fn parse_end(v: &[u8]) -> Option<End> {
+    Some(match v {
+        b"exit" => End::Exit,
+        b"reboot" => End::Reboot,
+        b"halt" => End::Halt,
+        b"triple-fault" => End::TripleFault,
+        b"echo" => End::Echo,
+        b"panic" => End::Panic,
+        _ => return None,
+    })
+}
+
+fn parse_fault(v: &[u8]) -> Option<Fault> {
+    Some(match v {
+        b"ud2" => Fault::Ud2,
+        b"div0" => Fault::Div0,
+        b"int" => Fault::Int,
+        b"gp" => Fault::Gp,
+        b"pf" => Fault::Pf,
+        _ => return None,
+    })
+}
+
+/// Parses a decimal (or `0x` hex) number that fits in a byte.
+fn parse_u8(v: &[u8]) -> Option<u8> {
+    let (digits, radix) = match v.strip_prefix(b"0x") {
+        Some(h) => (h, 16),
+        None => (v, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &c in digits {
+        let d = (c as char).to_digit(radix)?;
+        n = n * radix + d;
+        if n > 255 {
+            return None;
+        }
+    }
+    Some(n as u8)
+}
+
+/// The command line as stored in guest memory: the bytes before the first NUL (all of `mem`
+/// if there is none).
+pub fn until_nul(mem: &[u8]) -> &[u8] {
+    let len = mem.iter().position(|&b| b == 0).unwrap_or(mem.len());
+    &mem[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        assert_eq!(parse(b""), Options::default());
+        assert_eq!(parse(b"console=ttyS0 quiet"), Options::default());
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(parse(b"exit=7").exit, 7);
+        assert_eq!(parse(b"a exit=255 b").exit, 255);
+        assert_eq!(parse(b"exit=0x2a").exit, 42);
+        assert_eq!(parse(b"exit=256").exit, 0);
+        assert_eq!(parse(b"exit=").exit, 0);
+        assert_eq!(parse(b"exit=-1").exit, 0);
+        assert_eq!(parse(b"exit=7x").exit, 0);
+        assert_eq!(parse(b"exit=3 exit=4").exit, 4);
+        assert_eq!(parse(b"myexit=3").exit, 0);
+        assert_eq!(parse(b"\texit=9\n").exit, 9);
+    }
+
+    #[test]
+    fn endings() {
+        assert_eq!(parse(b"probe.end=reboot").end, End::Reboot);
+        assert_eq!(parse(b"probe.end=halt").end, End::Halt);
+        assert_eq!(parse(b"probe.end=triple-fault").end, End::TripleFault);
+        let want = Options {
+            exit: 3,
+            end: End::Echo,
+            fault: Fault::Ud2,
+        };
+        assert_eq!(parse(b"probe.end=echo exit=3"), want);
+        assert_eq!(parse(b"probe.end=panic").end, End::Panic);
+        assert_eq!(parse(b"probe.end=bogus").end, End::Exit);
+        assert_eq!(parse(b"probe.end=halt probe.end=exit").end, End::Exit);
+    }
+
+    #[test]
+    fn faults() {
+        assert_eq!(parse(b"probe.fault=gp").fault, Fault::Gp);
+        assert_eq!(parse(b"probe.fault=pf").fault, Fault::Pf);
+        assert_eq!(parse(b"probe.fault=div0").fault, Fault::Div0);
+        assert_eq!(parse(b"probe.fault=int").fault, Fault::Int);
+        assert_eq!(parse(b"probe.fault=nope").fault, Fault::Ud2);
+    }
+
+    #[test]
+    fn nul_terminated() {
+        assert_eq!(until_nul(b"exit=1\0junk"), b"exit=1");
+        assert_eq!(until_nul(b"no nul"), b"no nul");
+        assert_eq!(until_nul(b"\0"), b"");
+    }
+}

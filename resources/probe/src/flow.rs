@@ -1,0 +1,144 @@
+//! The report flow, over any memory and output: read the handoff, print every fact, return
+//! what the command line asks for. The guest runs it on real memory and COM1; host tests run
+//! it on a fake machine.
+
+use crate::bootinfo::{self, BootError, Handoff, Protocol};
+use crate::bytes::byte_sum;
+use crate::cmdline::{self, Options};
+use crate::mem::{MapChecked, PhysMem};
+use crate::mptable;
+use crate::out::Sink;
+use crate::report;
+
+/// Longest command line we read (herd-vmm allows 4095 bytes plus the NUL).
+pub const CMDLINE_MAX: usize = 4096;
+
+/// Prints the report from `boot=` to `memcheck`, reading the boot information at `info`.
+/// `memcheck(addr)` checks the 8 bytes at `addr` (the last ones of the highest RAM entry).
+pub fn report<M: PhysMem>(
+    s: &mut impl Sink,
+    mem: &M,
+    proto: Protocol,
+    info: u64,
+    memcheck: impl FnOnce(u64) -> bool,
+) -> Result<Options, BootError> {
+    report::boot(s, proto);
+    let handoff = match proto {
+        Protocol::Pvh => bootinfo::from_pvh(mem, info)?,
+        Protocol::Linux64 => bootinfo::from_zero_page(mem, info)?,
+    };
+    let mem = MapChecked::new(mem, handoff.memmap);
+    let line = match handoff.cmdline {
+        0 => &[][..],
+        addr => cmdline::until_nul(mem.slice_upto(addr, CMDLINE_MAX)),
+    };
+    report::cmdline(s, line);
+    let opts = cmdline::parse(line);
+    for r in handoff.memmap.iter() {
+        report::e820(s, &r);
+    }
+    let sum = handoff
+        .initrd
+        .and_then(|r| mem.slice(r.addr, usize::try_from(r.size).ok()?))
+        .map(byte_sum);
+    report::initrd(s, handoff.initrd, sum);
+    report::cpus(s, mptable::cpus(&mem));
+    report::memcheck(s, check_top(&handoff, memcheck));
+    Ok(opts)
+}
+
+/// Runs `memcheck` on the last 8 bytes of the highest RAM entry; returns (its end, ok).
+fn check_top(handoff: &Handoff<'_>, memcheck: impl FnOnce(u64) -> bool) -> Option<(u64, bool)> {
+    let top = handoff.memmap.highest_ram()?;
+    let addr = (top.end - 8) & !7;
+    Some((top.end, addr >= top.start && memcheck(addr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::Flat;
+    use std::string::String;
+    use std::vec::Vec;
+
+    /// Like herd-vmm's machine, 2 MiB of it: e820, command line, MP table, initrd.
+    fn machine(initrd: &[u8]) -> Flat {
+        let mut mem = Flat::new(0, 0x20_0000);
+        let mut e820 = Vec::new();
+        for (start, size, kind) in [(0u64, 0x9fc00u64, 1u32), (0x9fc00, 0x60400, 2)] {
+            e820.extend_from_slice(&start.to_le_bytes());
+            e820.extend_from_slice(&size.to_le_bytes());
+            e820.extend_from_slice(&kind.to_le_bytes());
+        }
+        e820.extend_from_slice(&0x10_0000u64.to_le_bytes());
+        e820.extend_from_slice(&0x10_0000u64.to_le_bytes());
+        e820.extend_from_slice(&1u32.to_le_bytes());
+        mem.put(0x7000 + 0x1e8, &[3]);
+        mem.put(0x7000 + 0x2d0, &e820);
+        mem.put(0x7000 + 0x228, &0x20000u32.to_le_bytes());
+        mem.put(0x20000, b"console=ttyS0 exit=7 probe.end=halt\0junk");
+        mem.put(0x7000 + 0x218, &0x1f_f000u32.to_le_bytes());
+        mem.put(0x7000 + 0x21c, &(initrd.len() as u32).to_le_bytes());
+        mem.put(0x1f_f000, initrd);
+        // Floating pointer + table with one CPU (checksums fixed below).
+        let mut fp = b"_MP_".to_vec();
+        fp.extend_from_slice(&0x9fc10u32.to_le_bytes());
+        fp.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
+        fp[10] = fp.iter().fold(0u8, |a, &b| a.wrapping_sub(b));
+        let mut t = b"PCMP".to_vec();
+        t.resize(44, 0);
+        t.extend_from_slice(&[0, 0, 0x14, 3]);
+        t.resize(64, 0);
+        t[4] = 64;
+        t[34] = 1;
+        t[7] = t.iter().fold(0u8, |a, &b| a.wrapping_sub(b));
+        mem.put(0x9fc00, &fp);
+        mem.put(0x9fc10, &t);
+        mem
+    }
+
+    #[test]
+    fn full_report_from_a_zero_page() {
+        let mem = machine(&[1, 2, 3, 250]);
+        let mut out = Vec::new();
+        let mut checked = 0;
+        let opts = report(&mut out, &mem, Protocol::Linux64, 0x7000, |a| {
+            checked = a;
+            true
+        })
+        .unwrap();
+        assert_eq!(checked, 0x1f_fff8);
+        assert_eq!(opts.exit, 7);
+        assert_eq!(opts.end, cmdline::End::Halt);
+        let want = "probe: boot=linux64\n\
+            probe: cmdline=console=ttyS0 exit=7 probe.end=halt\n\
+            probe: e820 start=0x0 end=0x9fc00 type=1\n\
+            probe: e820 start=0x9fc00 end=0x100000 type=2\n\
+            probe: e820 start=0x100000 end=0x200000 type=1\n\
+            probe: initrd addr=0x1ff000 size=0x4 sum=0x100\n\
+            probe: cpus=1\n\
+            probe: memcheck top=0x200000 ok\n";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn initrd_outside_memory_and_failed_memcheck() {
+        let mut mem = machine(&[]);
+        mem.put(0x7000 + 0x218, &0x30_0000u32.to_le_bytes());
+        mem.put(0x7000 + 0x21c, &0x10u32.to_le_bytes());
+        let mut out = Vec::new();
+        report(&mut out, &mem, Protocol::Linux64, 0x7000, |_| false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("probe: initrd addr=0x300000 size=0x10 unreadable\n"));
+        assert!(text.ends_with("probe: memcheck top=0x200000 fail\n"));
+    }
+
+    #[test]
+    fn bad_start_info_is_an_error_after_the_boot_line() {
+        let mem = machine(&[]);
+        let mut out = Vec::new();
+        let res = report(&mut out, &mem, Protocol::Pvh, 0x6000, |_| true);
+        assert_eq!(res.unwrap_err(), BootError::BadMagic);
+        assert_eq!(out, b"probe: boot=pvh\n");
+    }
+}
