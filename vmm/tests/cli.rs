@@ -1,0 +1,42 @@
+//! The command-line surface of herd-vmm, checked without KVM: help, conflicts, usage errors.
+//! (Building these tests also builds the binary the workspace's end-to-end tests boot.)
+
+use std::process::Command;
+
+fn herd_vmm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herd-vmm")).args(args).output().expect("run herd-vmm")
+}
+
+#[test]
+fn help_documents_flags_and_exit_statuses_and_exits_zero() {
+    let out = herd_vmm(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--config-file", "--console-log"] {
+        assert!(text.contains(flag), "help lacks {flag}");
+    }
+    assert!(text.contains("0xf4"), "help should document the exit-status port");
+}
+
+#[test]
+fn no_kernel_and_no_config_is_a_usage_error() {
+    let out = herd_vmm(&[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kernel"));
+}
+
+#[test]
+fn config_file_and_kernel_flags_conflict() {
+    let out = herd_vmm(&["--config-file", "vm.json", "--vcpus", "2"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn missing_config_file_is_named_with_status_66() {
+    let out = herd_vmm(&["--config-file", "/nonexistent/vm.json"]);
+    assert_eq!(out.status.code(), Some(66));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("herd-vmm: error: cannot read config file /nonexistent/vm.json"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
