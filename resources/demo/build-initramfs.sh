@@ -98,6 +98,7 @@ trap 'rm -rf -- "$stage"' EXIT
 log "compiling hello-init (gcc ${CFLAGS[*]})"
 gcc "${CFLAGS[@]}" -o "$stage/hello-init" "$SOURCE" >&2 || die "compiling $SOURCE failed"
 strip -- "$stage/hello-init"
+touch -d @0 -- "$stage/hello-init"
 
 # gen_init_cpio splits its list on whitespace, so name the binary relative to the stage dir
 # (the cache path may contain spaces). Timestamps are fixed for a reproducible archive.

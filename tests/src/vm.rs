@@ -29,11 +29,26 @@ pub fn herd_vmm_bin() -> PathBuf {
     bin
 }
 
-/// Whether KVM tests can run here; prints the skip marker `.ci/run` looks for when not.
+/// Records that `test` was skipped: printed, and appended to `$HERD_SKIP_LOG` if set, which
+/// `.ci/run` checks so that a host with KVM never passes CI by skipping.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("HERD-SKIP: {test}: {why}");
+    println!("{line}");
+    if let Some(path) = std::env::var_os("HERD_SKIP_LOG") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open skip log");
+        writeln!(f, "{line}").expect("write skip log");
+    }
+}
+
+/// Whether KVM tests can run here; records a skip when not.
 pub fn kvm_available(test: &str) -> bool {
     let ok = Path::new("/dev/kvm").exists();
     if !ok {
-        println!("HERD-SKIP-KVM: {test}: /dev/kvm is missing, test skipped");
+        skip(test, "/dev/kvm is missing");
     }
     ok
 }

@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn herd_vmm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herd-vmm")).args(args).output().expect("run herd-vmm")
+    Command::new(env!("CARGO_BIN_EXE_herd-vmm"))
+        .args(args)
+        .output()
+        .expect("run herd-vmm")
 }
 
 #[test]
@@ -12,10 +15,21 @@ fn help_documents_flags_and_exit_statuses_and_exits_zero() {
     let out = herd_vmm(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--config-file", "--console-log"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--vcpus",
+        "--memory",
+        "--config-file",
+        "--console-log",
+    ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
-    assert!(text.contains("0xf4"), "help should document the exit-status port");
+    assert!(
+        text.contains("0xf4"),
+        "help should document the exit-status port"
+    );
 }
 
 #[test]
@@ -37,6 +51,9 @@ fn missing_config_file_is_named_with_status_66() {
     let out = herd_vmm(&["--config-file", "/nonexistent/vm.json"]);
     assert_eq!(out.status.code(), Some(66));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("herd-vmm: error: cannot read config file /nonexistent/vm.json"), "{err}");
+    assert!(
+        err.contains("herd-vmm: error: cannot read config file /nonexistent/vm.json"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# scripts/test.sh: runs every herd test: unit tests, end-to-end tests that boot the probe guest
+# through the real herd-vmm, and Linux guest smoke tests with our kernel.
+#
+# It first makes sure what the tests boot exists: the x86_64-unknown-none target for the probe
+# guest, our guest kernel (guest-kernel/build.sh, cached) and the demo initramfs. Tests that
+# cannot run (no /dev/kvm) say so and append a line to $HERD_SKIP_LOG, which .ci/run checks.
+set -euo pipefail
+cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'herd-test: %s\n' "$*" >&2; }
+
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-none; then
+    log "adding the x86_64-unknown-none target (probe guest)"
+    rustup target add x86_64-unknown-none
+fi
+
+log "guest kernel (cached after the first build, ~4 minutes on 2 cores)"
+HERD_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)
+export HERD_KERNEL_DIR
+log "guest kernel in $HERD_KERNEL_DIR"
+HERD_DEMO_INITRD=$(resources/demo/build-initramfs.sh | tail -n 1)
+export HERD_DEMO_INITRD
+log "demo initramfs $HERD_DEMO_INITRD"
+
+cargo build --workspace --bins
+cargo test --workspace "$@"
