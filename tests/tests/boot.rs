@@ -63,9 +63,9 @@ fn assert_memory_map(vm: &herd_tests::vm::Finished, mem: u64) {
 }
 
 #[test]
-fn guest_memory_map_matches_64_mib_and_2_gib_on_both_protocols() {
-    require_kvm!("guest_memory_map_matches_64_mib_and_2_gib_on_both_protocols");
-    for mib in [64, 2048] {
+fn guest_memory_map_matches_32_mib_64_mib_and_2_gib_on_both_protocols() {
+    require_kvm!("guest_memory_map_matches_32_mib_64_mib_and_2_gib_on_both_protocols");
+    for mib in [32, 64, 2048] {
         for vm in [TestVm::probe_pvh(), TestVm::probe_bzimage()] {
             let vm = vm.args(["--memory", &mib.to_string()]).run();
             assert_eq!(vm.code(), 0, "{vm:#?}");
@@ -83,8 +83,8 @@ fn memory_above_3_gib_continues_above_the_mmio_hole() {
 }
 
 #[test]
-fn guest_counts_one_and_four_vcpus_in_the_mp_table() {
-    require_kvm!("guest_counts_one_and_four_vcpus_in_the_mp_table");
+fn guest_counts_one_four_and_32_vcpus_in_the_mp_table() {
+    require_kvm!("guest_counts_one_four_and_32_vcpus_in_the_mp_table");
     for (n, vm) in [
         (1, TestVm::probe_pvh()),
         (4, TestVm::probe_pvh()),

@@ -18,8 +18,8 @@ pub fn init(level: &str) {
         .try_init();
 }
 
-/// Allows at most `per_second` events in each wall-clock second; the rest are counted and
-/// reported as suppressed by the next allowed event's caller if it wishes.
+/// Allows at most `per_second` events in each wall-clock second and drops the rest, so a guest
+/// hammering a register costs us a counter update, not a log line.
 #[derive(Debug)]
 pub struct RateLimit {
     per_second: u64,

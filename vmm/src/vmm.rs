@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -26,7 +27,7 @@ use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
 use crate::sys::signal::forward_stop_signals;
-use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use crate::vstate::vm::{Vm, VmError, open_kvm};
 
 /// Errors building or running a VM.
@@ -121,48 +122,27 @@ fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
 impl Vmm {
     /// Builds the VM described by `config`; the boot timer counts from `clock`.
     pub fn build(config: &VmConfig, clock: BootClock) -> Result<Self, VmmError> {
+        let mut phases = Phases::new(clock.wall);
         let mut kernel_file = open_input("kernel", &config.kernel)?;
-        let mut initrd_file = config
+        let initrd_file = config
             .initrd
             .as_deref()
             .map(|p| open_input("initrd", p))
             .transpose()?;
         let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
-
+        phases.mark("open");
         let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
-        let kernel_err = |source| VmmError::Kernel {
-            path: config.kernel.clone(),
-            source,
-        };
-        let kernel =
-            boot::load_kernel(&vm.memory, &mut kernel_file, mem_bytes).map_err(kernel_err)?;
-        let initrd = match (&mut initrd_file, &config.initrd) {
-            (Some(file), Some(path)) => Some(
-                boot::load_initrd(&vm.memory, file, &kernel, mem_bytes).map_err(|source| {
-                    VmmError::Initrd {
-                        path: path.clone(),
-                        source,
-                    }
-                })?,
-            ),
-            _ => None,
-        };
-        boot::write_boot_info(
-            &vm.memory,
-            &kernel,
-            initrd,
-            config.cmdline.as_str(),
-            mem_bytes,
-        )
-        .map_err(VmmError::BootInfo)?;
-        mptable::write(&vm.memory, vcpu_count)?;
-        tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
-
-        let vcpus = create_vcpus(&vm, vcpu_count, kernel.entry)?;
+        phases.mark("vm");
+        let entry = load_guest(&vm, config, &mut kernel_file, initrd_file)?;
+        phases.mark("load");
+        let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
+        phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
         let (io, serial) = wire_devices(&vm, &stop, clock, console)?;
         let events = event_loop(&serial, &stop)?;
+        phases.mark("devices");
+        tracing::debug!(%phases, "VM built");
         Ok(Self {
             vm,
             vcpus,
@@ -214,11 +194,81 @@ impl Vmm {
     }
 }
 
+/// Loads kernel and initrd and writes the boot structures; returns how to enter the guest.
+fn load_guest(
+    vm: &Vm,
+    config: &VmConfig,
+    kernel_file: &mut File,
+    initrd_file: Option<File>,
+) -> Result<BootEntry, VmmError> {
+    let mem_bytes = config.memory.bytes();
+    let kernel = boot::load_kernel(&vm.memory, kernel_file, mem_bytes).map_err(|source| {
+        VmmError::Kernel {
+            path: config.kernel.clone(),
+            source,
+        }
+    })?;
+    let initrd = match (initrd_file, &config.initrd) {
+        (Some(mut file), Some(path)) => Some(
+            boot::load_initrd(&vm.memory, &mut file, &kernel, mem_bytes).map_err(|source| {
+                VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        _ => None,
+    };
+    boot::write_boot_info(
+        &vm.memory,
+        &kernel,
+        initrd,
+        config.cmdline.as_str(),
+        mem_bytes,
+    )
+    .map_err(VmmError::BootInfo)?;
+    mptable::write(&vm.memory, config.vcpus.get())?;
+    tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
+    Ok(kernel.entry)
+}
+
+/// Time spent in each build phase, for `HERD_LOG=debug` and benchmarks.
+struct Phases {
+    last: Instant,
+    spent: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Self {
+        Self {
+            last: start,
+            spent: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.spent.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (phase, d)) in self.spent.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{phase}={}us", d.as_micros())?;
+        }
+        Ok(())
+    }
+}
+
 fn create_vcpus(vm: &Vm, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, VmmError> {
+    let cpuid = supported_cpuid(&vm.kvm)?;
     (0..count)
         .map(|id| {
             let vcpu = Vcpu::new(&vm.fd, id)?;
-            vcpu.configure(&vm.kvm, count, (id == 0).then_some(entry))?;
+            vcpu.configure(&cpuid, count, (id == 0).then_some(entry))?;
             Ok(vcpu)
         })
         .collect()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs};
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::cpuid::patch_for_vcpu;
@@ -102,6 +102,12 @@ pub fn handle_exit(id: u8, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
     ExitAction::Continue
 }
 
+/// KVM's supported CPUID, read once and patched per vCPU.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VcpuError::Configure(0, "CPUID", e))
+}
+
 /// One vCPU, configured and ready to run.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -118,18 +124,16 @@ impl Vcpu {
         Ok(Self { id, fd })
     }
 
-    /// Sets CPUID, MSRs, LAPIC and FPU; the boot vCPU also gets `boot` registers. Other vCPUs
-    /// wait for INIT/SIPI from the guest, as on real hardware.
+    /// Sets CPUID (from KVM's `supported` set), MSRs, LAPIC and FPU; the boot vCPU also gets
+    /// `boot` registers. Other vCPUs wait for INIT/SIPI from the guest, as on real hardware.
     pub fn configure(
         &self,
-        kvm: &Kvm,
+        supported: &CpuId,
         count: u8,
         boot: Option<BootEntry>,
     ) -> Result<(), VcpuError> {
         let err = |what| move |e| VcpuError::Configure(self.id, what, e);
-        let mut cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(err("CPUID"))?;
+        let mut cpuid = supported.clone();
         patch_for_vcpu(cpuid.as_mut_slice(), self.id, count);
         self.fd.set_cpuid2(&cpuid).map_err(err("CPUID"))?;
         let msrs = Msrs::from_entries(&regs::boot_msrs()).expect("a handful of MSRs fits");
