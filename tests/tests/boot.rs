@@ -127,6 +127,32 @@ fn initrd_is_loaded_intact_where_the_guest_is_told() {
 }
 
 #[test]
+fn initrd_parts_are_concatenated_4_byte_aligned_into_one_initrd() {
+    require_kvm!("initrd_parts_are_concatenated_4_byte_aligned_into_one_initrd");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (da, db): (Vec<u8>, Vec<u8>) = (vec![0x11; 4097], vec![0x22; 10]);
+    std::fs::write(&a, &da).unwrap();
+    std::fs::write(&b, &db).unwrap();
+    let vm = TestVm::probe_bzimage()
+        .args([
+            "--initrd".as_ref(),
+            a.as_os_str(),
+            "--initrd".as_ref(),
+            b.as_os_str(),
+        ])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    let line = vm.probe_value("initrd addr").expect("initrd line");
+    let want_size = 4100 + 10;
+    let sum = byte_sum(&da).wrapping_add(byte_sum(&db));
+    assert!(
+        line.ends_with(&format!("size={want_size:#x} sum={sum:#x}")),
+        "{line}"
+    );
+}
+
+#[test]
 fn boot_timer_write_logs_firecracker_compatible_line() {
     require_kvm!("boot_timer_write_logs_firecracker_compatible_line");
     let vm = TestVm::probe_pvh().run();

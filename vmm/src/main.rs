@@ -20,9 +20,10 @@ struct Cli {
     /// Guest kernel: ELF vmlinux (PVH note or 64-bit entry) or bzImage.
     #[arg(long, value_name = "PATH", required_unless_present = "config_file")]
     kernel: Option<PathBuf>,
-    /// Initial ramdisk (e.g. a newc cpio archive).
+    /// Initial ramdisk (e.g. a newc cpio archive); repeat to append more parts, which the
+    /// guest sees concatenated (4-byte aligned) as one initrd.
     #[arg(long, value_name = "PATH", conflicts_with = "config_file")]
-    initrd: Option<PathBuf>,
+    initrd: Vec<PathBuf>,
     /// Kernel command line [default: console=ttyS0 reboot=k panic=-1 pci=off nomodule].
     #[arg(long, value_name = "STR", conflicts_with = "config_file")]
     cmdline: Option<String>,
@@ -53,7 +54,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
         Some(path) => read_config_file(path)?,
         None => RawVmConfig {
             kernel: cli.kernel.unwrap_or_default(),
-            initrd: cli.initrd,
+            initrds: cli.initrd,
             cmdline: cli.cmdline,
             vcpus: cli.vcpus,
             memory_mib: cli.memory,

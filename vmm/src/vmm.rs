@@ -124,16 +124,16 @@ impl Vmm {
     pub fn build(config: &VmConfig, clock: BootClock) -> Result<Self, VmmError> {
         let mut phases = Phases::new(clock.wall);
         let mut kernel_file = open_input("kernel", &config.kernel)?;
-        let initrd_file = config
-            .initrd
-            .as_deref()
+        let initrd_files = config
+            .initrds
+            .iter()
             .map(|p| open_input("initrd", p))
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
         phases.mark("open");
         let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
         phases.mark("vm");
-        let entry = load_guest(&vm, config, &mut kernel_file, initrd_file)?;
+        let entry = load_guest(&vm, config, &mut kernel_file, initrd_files)?;
         phases.mark("load");
         let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
         phases.mark("vcpus");
@@ -194,12 +194,12 @@ impl Vmm {
     }
 }
 
-/// Loads kernel and initrd and writes the boot structures; returns how to enter the guest.
+/// Loads kernel and initrd parts and writes the boot structures; returns the entry.
 fn load_guest(
     vm: &Vm,
     config: &VmConfig,
     kernel_file: &mut File,
-    initrd_file: Option<File>,
+    initrd_files: Vec<File>,
 ) -> Result<BootEntry, VmmError> {
     let mem_bytes = config.memory.bytes();
     let kernel = boot::load_kernel(&vm.memory, kernel_file, mem_bytes).map_err(|source| {
@@ -208,17 +208,7 @@ fn load_guest(
             source,
         }
     })?;
-    let initrd = match (initrd_file, &config.initrd) {
-        (Some(mut file), Some(path)) => Some(
-            boot::load_initrd(&vm.memory, &mut file, &kernel, mem_bytes).map_err(|source| {
-                VmmError::Initrd {
-                    path: path.clone(),
-                    source,
-                }
-            })?,
-        ),
-        _ => None,
-    };
+    let initrd = load_initrds(vm, config, &kernel, initrd_files)?;
     boot::write_boot_info(
         &vm.memory,
         &kernel,
@@ -230,6 +220,36 @@ fn load_guest(
     mptable::write(&vm.memory, config.vcpus.get())?;
     tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
     Ok(kernel.entry)
+}
+
+/// Places the initrd parts one after another; the guest sees one initrd.
+fn load_initrds(
+    vm: &Vm,
+    config: &VmConfig,
+    kernel: &boot::LoadedKernel,
+    mut files: Vec<File>,
+) -> Result<Option<boot::LoadedInitrd>, VmmError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let err = |path: &Path, source| VmmError::Initrd {
+        path: path.to_owned(),
+        source,
+    };
+    let mut sizes = Vec::with_capacity(files.len());
+    for (file, path) in files.iter().zip(&config.initrds) {
+        let meta = file
+            .metadata()
+            .map_err(|e| err(path, BootError::ReadInitrd(e)))?;
+        sizes.push(meta.len());
+    }
+    let plan = boot::plan_initrd(&sizes, kernel, config.memory.bytes())
+        .map_err(|e| err(&config.initrds[config.initrds.len() - 1], e))?;
+    for (i, file) in files.iter_mut().enumerate() {
+        boot::load_initrd_part(&vm.memory, file, plan.parts[i], sizes[i])
+            .map_err(|e| err(&config.initrds[i], e))?;
+    }
+    Ok(Some(plan.initrd))
 }
 
 /// Time spent in each build phase, for `HERD_LOG=debug` and benchmarks.

@@ -7,6 +7,7 @@ use crate::bytes::byte_sum;
 use crate::cmdline::{self, Options};
 use crate::mem::{MapChecked, PhysMem};
 use crate::mptable;
+use crate::newc;
 use crate::out::Sink;
 use crate::report;
 
@@ -37,11 +38,17 @@ pub fn report<M: PhysMem>(
     for r in handoff.memmap.iter() {
         report::e820(s, &r);
     }
-    let sum = handoff
+    let initrd = handoff
         .initrd
-        .and_then(|r| mem.slice(r.addr, usize::try_from(r.size).ok()?))
-        .map(byte_sum);
-    report::initrd(s, handoff.initrd, sum);
+        .and_then(|r| mem.slice(r.addr, usize::try_from(r.size).ok()?));
+    report::initrd(s, handoff.initrd, initrd.map(byte_sum));
+    for f in initrd
+        .into_iter()
+        .flat_map(newc::files)
+        .filter(|f| f.name.starts_with(b"herd/"))
+    {
+        report::file(s, f.name, f.data, f.sum());
+    }
     report::cpus(s, mptable::cpus(&mem));
     report::memcheck(s, check_top(&handoff, memcheck));
     Ok(opts)

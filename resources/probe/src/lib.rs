@@ -17,6 +17,7 @@ pub mod cmdline;
 pub mod flow;
 pub mod mem;
 pub mod mptable;
+pub mod newc;
 pub mod out;
 pub mod report;
 

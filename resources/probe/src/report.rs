@@ -59,6 +59,29 @@ pub fn initrd(s: &mut impl Sink, initrd: Option<Region>, sum: Option<u32>) {
     s.put(b'\n');
 }
 
+/// Largest file whose content is printed.
+pub const MAX_SHOWN_FILE: usize = 1024;
+
+/// `probe: file <name> size=0x.. sum=0x..`, then `probe: file-content <name> <bytes>` when the
+/// file is small and one line of printable text.
+pub fn file(s: &mut impl Sink, name: &[u8], data: &[u8], sum: u32) {
+    start(s, b"file ");
+    s.put_bytes(name);
+    s.put_bytes(b" size=");
+    s.put_hex(data.len() as u64);
+    s.put_bytes(b" sum=");
+    s.put_hex(u64::from(sum));
+    s.put(b'\n');
+    let text = data.strip_suffix(b"\n").unwrap_or(data);
+    if text.len() <= MAX_SHOWN_FILE && text.iter().all(|b| (0x20..0x7f).contains(b)) {
+        start(s, b"file-content ");
+        s.put_bytes(name);
+        s.put(b' ');
+        s.put_bytes(text);
+        s.put(b'\n');
+    }
+}
+
 /// `probe: cpus=N` or `probe: cpus=error <why>`.
 pub fn cpus(s: &mut impl Sink, cpus: Result<u32, MpError>) {
     start(s, b"cpus=");

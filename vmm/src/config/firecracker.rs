@@ -70,7 +70,7 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
     let machine = parsed.machine_config;
     Ok(RawVmConfig {
         kernel: parsed.boot_source.kernel_image_path,
-        initrd: parsed.boot_source.initrd_path,
+        initrds: parsed.boot_source.initrd_path.into_iter().collect(),
         cmdline: parsed.boot_source.boot_args,
         vcpus: machine.as_ref().map(|m| m.vcpu_count),
         memory_mib: machine.as_ref().map(|m| m.mem_size_mib),
@@ -171,7 +171,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw.kernel, PathBuf::from("vmlinux"));
-        assert_eq!(raw.initrd, Some(PathBuf::from("initrd.cpio")));
+        assert_eq!(raw.initrds, vec![PathBuf::from("initrd.cpio")]);
         assert_eq!(raw.cmdline.as_deref(), Some("console=ttyS0 reboot=k"));
         assert_eq!((raw.vcpus, raw.memory_mib), (Some(2), Some(1024)));
     }

@@ -142,8 +142,9 @@ impl fmt::Display for KernelCmdline {
 pub struct VmConfig {
     /// ELF vmlinux (PVH or 64-bit entry) or bzImage.
     pub kernel: PathBuf,
-    /// Optional initial ramdisk.
-    pub initrd: Option<PathBuf>,
+    /// Initial ramdisk, possibly in parts that are concatenated in guest memory (e.g. an
+    /// image's initramfs followed by an instance's configuration archive).
+    pub initrds: Vec<PathBuf>,
     /// The guest kernel's command line.
     pub cmdline: KernelCmdline,
     /// Number of vCPUs.
@@ -158,7 +159,7 @@ pub struct VmConfig {
 #[derive(Clone, Debug, Default)]
 pub struct RawVmConfig {
     pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub initrds: Vec<PathBuf>,
     pub cmdline: Option<String>,
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
@@ -176,7 +177,7 @@ impl RawVmConfig {
         let cmdline = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
         Ok(VmConfig {
             kernel: self.kernel,
-            initrd: self.initrd,
+            initrds: self.initrds,
             cmdline: KernelCmdline::new(cmdline)?,
             vcpus: VcpuCount::new(self.vcpus.unwrap_or(DEFAULT_VCPUS))?,
             memory: MemorySize::new(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), host_mib)?,

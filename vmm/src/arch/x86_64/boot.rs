@@ -134,14 +134,30 @@ fn from_bzimage(result: KernelLoaderResult) -> LoadedKernel {
     }
 }
 
-/// Loads the initrd as high as it fits below the MMIO hole and the kernel's limit.
-pub fn load_initrd(
-    mem: &GuestMemoryMmap,
-    file: &mut File,
+/// Where each part of a (possibly multi-part) initrd goes: parts are concatenated, each starting
+/// 4-byte aligned as Linux requires of concatenated cpio archives, and the whole placed
+/// page-aligned as high as it fits below the MMIO hole and the kernel's `initrd_addr_max`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitrdPlan {
+    /// Guest address of each part.
+    pub parts: Vec<u64>,
+    /// The whole initrd as the guest is told about it.
+    pub initrd: LoadedInitrd,
+}
+
+/// Plans the placement of initrd parts of `sizes` bytes.
+pub fn plan_initrd(
+    sizes: &[u64],
     kernel: &LoadedKernel,
     mem_bytes: u64,
-) -> Result<LoadedInitrd, BootError> {
-    let size = file.metadata().map_err(BootError::ReadInitrd)?.len();
+) -> Result<InitrdPlan, BootError> {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut size = 0u64;
+    for part in sizes {
+        size = size.next_multiple_of(4);
+        offsets.push(size);
+        size = size.saturating_add(*part);
+    }
     let mut limit = low_ram_end(mem_bytes);
     if let Some(hdr) = kernel.setup_header.filter(|h| h.initrd_addr_max != 0) {
         limit = limit.min(u64::from(hdr.initrd_addr_max) + 1);
@@ -152,22 +168,30 @@ pub fn load_initrd(
         kernel_end,
         limit,
     };
-    let addr = limit.checked_sub(size).ok_or(too_large)? & !(PAGE_SIZE - 1);
-    if addr < kernel_end {
-        return Err(BootError::InitrdTooLarge {
-            size,
-            kernel_end,
-            limit,
-        });
-    }
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge {
-        size,
-        kernel_end,
-        limit,
+    let addr = match limit.checked_sub(size) {
+        Some(top) if top & !(PAGE_SIZE - 1) >= kernel_end => top & !(PAGE_SIZE - 1),
+        _ => return Err(too_large),
+    };
+    Ok(InitrdPlan {
+        parts: offsets.into_iter().map(|o| addr + o).collect(),
+        initrd: LoadedInitrd { addr, size },
+    })
+}
+
+/// Copies `size` bytes of `file` to guest address `addr` (one planned part).
+pub fn load_initrd_part(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    addr: u64,
+    size: u64,
+) -> Result<(), BootError> {
+    let len = usize::try_from(size).map_err(|_| {
+        BootError::ReadInitrd(std::io::Error::other(
+            "initrd larger than the address space",
+        ))
     })?;
     mem.read_exact_volatile_from(GuestAddress(addr), file, len)
-        .map_err(|e| BootError::ReadInitrd(std::io::Error::other(e)))?;
-    Ok(LoadedInitrd { addr, size })
+        .map_err(|e| BootError::ReadInitrd(std::io::Error::other(e)))
 }
 
 /// Writes the command line, GDT and the protocol's boot structures.
@@ -312,6 +336,27 @@ mod tests {
         assert!(matches!(err, BootError::NotAKernel), "{err}");
         let err = load_kernel(&guest(), &mut file_with(b"ab"), MEM).unwrap_err();
         assert!(matches!(err, BootError::NotAKernel), "{err}");
+    }
+
+    fn load_initrd(
+        mem: &GuestMemoryMmap,
+        file: &mut File,
+        kernel: &LoadedKernel,
+        mem_bytes: u64,
+    ) -> Result<LoadedInitrd, BootError> {
+        let plan = plan_initrd(&[file.metadata().unwrap().len()], kernel, mem_bytes)?;
+        load_initrd_part(mem, file, plan.parts[0], plan.initrd.size)?;
+        Ok(plan.initrd)
+    }
+
+    #[test]
+    fn initrd_parts_are_concatenated_4_byte_aligned() {
+        let plan = plan_initrd(&[10, 3, 8], &kernel_at(0x200000), MEM).unwrap();
+        let a = plan.initrd.addr;
+        assert_eq!(plan.parts, vec![a, a + 12, a + 16]);
+        assert_eq!(plan.initrd.size, 24);
+        assert_eq!(a % PAGE_SIZE, 0);
+        assert!(a + 24 <= MEM);
     }
 
     #[test]
