@@ -42,7 +42,11 @@ pub struct Archive {
 fn normalise(path: &str) -> Result<String, CpioError> {
     let bad = || CpioError::BadPath(path.to_owned());
     let rel = path.strip_prefix('/').ok_or_else(bad)?;
-    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(bad());
     }
     Ok(rel.to_owned())
@@ -57,14 +61,21 @@ impl Archive {
     fn add(&mut self, path: &str, entry: Entry) -> Result<(), CpioError> {
         let rel = normalise(path)?;
         let mut parent = String::new();
-        for component in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p).unwrap_or(&[]) {
+        for component in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|(_, p)| p)
+            .unwrap_or(&[])
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
             parent.push_str(component);
             match self.entries.get(&parent) {
                 None => {
-                    self.entries.insert(parent.clone(), Entry::Dir { mode: 0o755 });
+                    self.entries
+                        .insert(parent.clone(), Entry::Dir { mode: 0o755 });
                 }
                 Some(Entry::Dir { .. }) => {}
                 Some(_) => return Err(CpioError::NotADirectory(rel, parent)),
@@ -82,7 +93,12 @@ impl Archive {
 
     /// Adds a directory.
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<(), CpioError> {
-        self.add(path, Entry::Dir { mode: mode & PERM_MASK })
+        self.add(
+            path,
+            Entry::Dir {
+                mode: mode & PERM_MASK,
+            },
+        )
     }
 
     /// Adds a regular file.
@@ -90,17 +106,41 @@ impl Archive {
         if u32::try_from(data.len()).is_err() {
             return Err(CpioError::TooLarge(path.to_owned()));
         }
-        self.add(path, Entry::File { mode: mode & PERM_MASK, data })
+        self.add(
+            path,
+            Entry::File {
+                mode: mode & PERM_MASK,
+                data,
+            },
+        )
     }
 
     /// Adds a symbolic link.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
-        self.add(path, Entry::Symlink { target: target.to_owned() })
+        self.add(
+            path,
+            Entry::Symlink {
+                target: target.to_owned(),
+            },
+        )
     }
 
     /// Adds a character device node.
-    pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), CpioError> {
-        self.add(path, Entry::CharDev { mode: mode & PERM_MASK, major, minor })
+    pub fn char_dev(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), CpioError> {
+        self.add(
+            path,
+            Entry::CharDev {
+                mode: mode & PERM_MASK,
+                major,
+                minor,
+            },
+        )
     }
 
     /// Whether `path` is in the archive.
@@ -118,7 +158,11 @@ impl Archive {
                 Entry::Symlink { target } => (S_IFLNK | 0o777, target.as_bytes(), (0, 0)),
                 Entry::CharDev { mode, major, minor } => (S_IFCHR | mode, &[], (*major, *minor)),
             };
-            let nlink = if matches!(entry, Entry::Dir { .. }) { 2 } else { 1 };
+            let nlink = if matches!(entry, Entry::Dir { .. }) {
+                2
+            } else {
+                1
+            };
             write_entry(&mut out, name, ino as u32 + 1, mode, nlink, data, rdev);
         }
         write_entry(&mut out, "TRAILER!!!", 0, 0, 1, &[], (0, 0));
@@ -127,13 +171,35 @@ impl Archive {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
 
-fn write_entry(out: &mut Vec<u8>, name: &str, ino: u32, mode: u32, nlink: u32, data: &[u8], rdev: (u32, u32)) {
-    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+fn write_entry(
+    out: &mut Vec<u8>,
+    name: &str,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    data: &[u8],
+    rdev: (u32, u32),
+) {
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -155,11 +221,19 @@ mod tests {
         let mut off = 0;
         loop {
             assert_eq!(&bytes[off..off + 6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&bytes[off + 6 + i * 8..off + 14 + i * 8]).unwrap(), 16).unwrap();
+            let field = |i: usize| {
+                u32::from_str_radix(
+                    std::str::from_utf8(&bytes[off + 6 + i * 8..off + 14 + i * 8]).unwrap(),
+                    16,
+                )
+                .unwrap()
+            };
             let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
             let (major, minor) = (field(9), field(10));
             let name_start = off + 110;
-            let name = std::str::from_utf8(&bytes[name_start..name_start + namesize - 1]).unwrap().to_owned();
+            let name = std::str::from_utf8(&bytes[name_start..name_start + namesize - 1])
+                .unwrap()
+                .to_owned();
             let data_start = (name_start + namesize).next_multiple_of(4);
             let data = bytes[data_start..data_start + size].to_vec();
             off = (data_start + size).next_multiple_of(4);
@@ -180,11 +254,30 @@ mod tests {
         a.symlink("/lib64", "lib").unwrap();
         let entries = read(&a.to_bytes());
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["dev", "dev/console", "herd", "herd/image.json", "init", "lib64"]);
+        assert_eq!(
+            names,
+            [
+                "dev",
+                "dev/console",
+                "herd",
+                "herd/image.json",
+                "init",
+                "lib64"
+            ]
+        );
         assert_eq!(entries[0].1, S_IFDIR | 0o755);
-        assert_eq!((entries[1].1, entries[1].3, entries[1].4), (S_IFCHR | 0o600, 5, 1));
-        assert_eq!((entries[4].1, entries[4].2.as_slice()), (S_IFREG | 0o755, &b"\x7fELF"[..]));
-        assert_eq!((entries[5].1, entries[5].2.as_slice()), (S_IFLNK | 0o777, &b"lib"[..]));
+        assert_eq!(
+            (entries[1].1, entries[1].3, entries[1].4),
+            (S_IFCHR | 0o600, 5, 1)
+        );
+        assert_eq!(
+            (entries[4].1, entries[4].2.as_slice()),
+            (S_IFREG | 0o755, &b"\x7fELF"[..])
+        );
+        assert_eq!(
+            (entries[5].1, entries[5].2.as_slice()),
+            (S_IFLNK | 0o777, &b"lib"[..])
+        );
     }
 
     #[test]
@@ -203,11 +296,20 @@ mod tests {
     fn bad_duplicate_and_conflicting_paths_are_refused() {
         let mut a = Archive::new();
         for bad in ["", "/", "rel", "/a//b", "/a/../b", "/a/./b", "/a/"] {
-            assert!(matches!(a.file(bad, 0o644, vec![]), Err(CpioError::BadPath(_))), "{bad}");
+            assert!(
+                matches!(a.file(bad, 0o644, vec![]), Err(CpioError::BadPath(_))),
+                "{bad}"
+            );
         }
         a.file("/f", 0o644, vec![]).unwrap();
-        assert!(matches!(a.file("/f", 0o644, vec![]), Err(CpioError::Duplicate(_))));
-        assert!(matches!(a.file("/f/g", 0o644, vec![]), Err(CpioError::NotADirectory(..))));
+        assert!(matches!(
+            a.file("/f", 0o644, vec![]),
+            Err(CpioError::Duplicate(_))
+        ));
+        assert!(matches!(
+            a.file("/f/g", 0o644, vec![]),
+            Err(CpioError::NotADirectory(..))
+        ));
         a.file("/d/x", 0o644, vec![]).unwrap();
         a.dir("/d", 0o700).unwrap();
         assert!(a.contains("/d") && a.contains("/d/x") && !a.contains("/nope"));
