@@ -235,6 +235,42 @@ fn sigterm_and_sigint_stop_a_running_vm_cleanly() {
 }
 
 #[test]
+fn sigterm_with_grace_asks_the_guest_to_stop_on_the_control_port() {
+    require_kvm!("sigterm_with_grace_asks_the_guest_to_stop_on_the_control_port");
+    let mut running = TestVm::probe_pvh()
+        .args(["--stop-grace", "20000"])
+        .cmdline("probe.end=control exit=21")
+        .spawn();
+    running.wait_for_line("probe: memcheck");
+    running.signal("TERM");
+    let vm = running.wait();
+    assert_eq!(vm.code(), 21, "the guest ended the VM itself: {vm:#?}");
+    assert_eq!(vm.probe_value("control"), Some("stop"));
+    assert!(vm.stderr.contains("asking the guest to stop"), "{vm:#?}");
+}
+
+#[test]
+fn guest_that_ignores_the_stop_request_is_powered_off_after_grace_or_second_signal() {
+    require_kvm!("guest_that_ignores_the_stop_request_is_powered_off_after_grace_or_second_signal");
+    let mut running = TestVm::probe_pvh().args(["--stop-grace", "300"]).cmdline("probe.end=halt").spawn();
+    running.wait_for_line("probe: done");
+    let signalled = std::time::Instant::now();
+    running.signal("TERM");
+    let vm = running.wait();
+    assert_eq!(vm.code(), 143, "{vm:#?}");
+    assert!(signalled.elapsed() >= Duration::from_millis(300), "grace period not honoured");
+    assert!(vm.stderr.contains("did not stop within its grace period"), "{vm:#?}");
+
+    let mut running = TestVm::probe_pvh().args(["--stop-grace", "60000"]).cmdline("probe.end=halt").spawn();
+    running.wait_for_line("probe: done");
+    running.signal("TERM");
+    std::thread::sleep(Duration::from_millis(50));
+    running.signal("INT");
+    let vm = running.wait();
+    assert_eq!(vm.code(), 130, "second signal stops at once: {vm:#?}");
+}
+
+#[test]
 fn triple_fault_ends_herd_vmm_with_a_guest_fault_error() {
     require_kvm!("triple_fault_ends_herd_vmm_with_a_guest_fault_error");
     let vm = TestVm::probe_pvh()

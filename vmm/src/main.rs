@@ -39,6 +39,11 @@ struct Cli {
     /// Write the guest console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, send the guest a stop request on the control port (COM2) and give
+    /// it this many milliseconds to end the VM itself before powering off; a second signal
+    /// stops at once [default: stop at once].
+    #[arg(long, value_name = "MS")]
+    stop_grace: Option<u64>,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -59,9 +64,11 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
             vcpus: cli.vcpus,
             memory_mib: cli.memory,
             console_log: None,
+            stop_grace_ms: None,
         },
     };
     raw.console_log = cli.console_log;
+    raw.stop_grace_ms = cli.stop_grace;
     raw.validate(host::memory_mib())
 }
 

@@ -13,7 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::boot::{self, BootError};
-use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ};
+use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ, COM2_IRQ};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::BootEntry;
 use crate::bus::{BusError, IoBuses};
@@ -21,7 +21,7 @@ use crate::config::{ConsoleOutput, VmConfig};
 use crate::devices::legacy::boot_timer::BOOT_TIMER_LEN;
 use crate::devices::legacy::exit_port::EXIT_PORT;
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
-use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, ConsoleWriter};
+use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, COM2_BASE, ConsoleWriter};
 use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
 use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
@@ -139,8 +139,9 @@ impl Vmm {
         phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
-        let (io, serial) = wire_devices(&vm, &stop, clock, console)?;
-        let events = event_loop(&serial, &stop)?;
+        let (io, ports) = wire_devices(&vm, &stop, clock, console)?;
+        let events = event_loop(&ports, &stop, config.stop_grace)?;
+        let serial = ports.console;
         phases.mark("devices");
         tracing::debug!(%phases, "VM built");
         Ok(Self {
@@ -307,48 +308,64 @@ fn open_console(console: &ConsoleOutput) -> Result<ConsoleWriter, VmmError> {
     })
 }
 
+/// The serial ports: COM1 for the console, COM2 for control messages to the guest.
+struct SerialPorts {
+    console: Arc<Mutex<SerialDevice>>,
+    control: Arc<Mutex<SerialDevice>>,
+}
+
+fn serial_port(
+    vm: &Vm,
+    irq: u32,
+    out: ConsoleWriter,
+) -> Result<Arc<Mutex<SerialDevice>>, VmmError> {
+    let evt = eventfd("serial interrupt")?;
+    vm.fd
+        .register_irqfd(&evt, irq)
+        .map_err(|e| VmmError::Irqfd(irq, e))?;
+    Ok(Arc::new(Mutex::new(SerialDevice::new(evt, out))))
+}
+
 fn wire_devices(
     vm: &Vm,
     stop: &Arc<VmStop>,
     clock: BootClock,
     console: ConsoleWriter,
-) -> Result<(IoBuses, Arc<Mutex<SerialDevice>>), VmmError> {
-    let serial_irq = eventfd("serial interrupt")?;
-    vm.fd
-        .register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|e| VmmError::Irqfd(COM1_IRQ, e))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+) -> Result<(IoBuses, SerialPorts), VmmError> {
+    let ports = SerialPorts {
+        console: serial_port(vm, COM1_IRQ, console)?,
+        // The guest has nothing to tell us on the control port yet; its output is dropped.
+        control: serial_port(vm, COM2_IRQ, Box::new(io::sink()))?,
+    };
     let mut io = IoBuses::default();
-    io.pio.insert("com1", COM1_BASE, COM1_LEN, serial.clone())?;
-    io.pio.insert(
-        "i8042",
-        I8042_BASE,
-        I8042_LEN,
-        Arc::new(Mutex::new(I8042::new(stop.clone()))),
-    )?;
-    io.pio.insert(
-        "exit-status",
-        EXIT_PORT,
-        1,
-        Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
-    )?;
-    io.mmio.insert(
-        "boot-timer",
-        BOOT_TIMER_ADDR,
-        BOOT_TIMER_LEN,
-        Arc::new(Mutex::new(BootTimer::new(clock))),
-    )?;
-    Ok((io, serial))
+    io.pio
+        .insert("com1", COM1_BASE, COM1_LEN, ports.console.clone())?;
+    io.pio
+        .insert("com2-control", COM2_BASE, COM1_LEN, ports.control.clone())?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(stop.clone())));
+    io.pio.insert("i8042", I8042_BASE, I8042_LEN, i8042)?;
+    let exit_port = Arc::new(Mutex::new(ExitPort::new(stop.clone())));
+    io.pio.insert("exit-status", EXIT_PORT, 1, exit_port)?;
+    let timer = Arc::new(Mutex::new(BootTimer::new(clock)));
+    io.mmio
+        .insert("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN, timer)?;
+    Ok((io, ports))
 }
 
 type Events = EventManager<Box<dyn MutEventSubscriber + Send>>;
 
-fn event_loop(serial: &Arc<Mutex<SerialDevice>>, stop: &Arc<VmStop>) -> Result<Events, VmmError> {
+fn event_loop(
+    ports: &SerialPorts,
+    stop: &Arc<VmStop>,
+    grace: Option<Duration>,
+) -> Result<Events, VmmError> {
     let mut events = Events::new().map_err(VmmError::EventLoop)?;
     let signal_evt = eventfd("signal")?;
     forward_stop_signals(&signal_evt).map_err(VmmError::Signals)?;
-    events.add_subscriber(Box::new(StopWatcher::new(stop.clone(), signal_evt)));
-    events.add_subscriber(Box::new(ConsoleInput::new(serial.clone())));
+    let watcher = StopWatcher::new(stop.clone(), signal_evt, ports.control.clone(), grace)
+        .map_err(|e| VmmError::EventFd("grace timer", e))?;
+    events.add_subscriber(Box::new(watcher));
+    events.add_subscriber(Box::new(ConsoleInput::new(ports.console.clone())));
     Ok(events)
 }
 

@@ -1,5 +1,5 @@
 //! The probe's command-line words: `exit=N`,
-//! `probe.end=exit|reboot|halt|triple-fault|echo|panic`
+//! `probe.end=exit|reboot|halt|triple-fault|echo|control|panic`
 //! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
@@ -18,6 +18,8 @@ pub enum End {
     TripleFault,
     /// Read a line from COM1, print it, then end as `Exit`.
     Echo,
+    /// Wait for a line on the control port (COM2), print it, then end as `Exit`.
+    Control,
     /// Panic (to test the panic path: `probe: panic ...`, exit status 99).
     Panic,
 }
@@ -83,6 +85,7 @@ fn parse_end(v: &[u8]) -> Option<End> {
         b"halt" => End::Halt,
         b"triple-fault" => End::TripleFault,
         b"echo" => End::Echo,
+        b"control" => End::Control,
         b"panic" => End::Panic,
         _ => return None,
     })

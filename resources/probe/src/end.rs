@@ -1,6 +1,6 @@
 //! How the probe ends: exit through port 0xf4, reset through the i8042, halt forever, triple
 //! fault (`ud2` by default: PVM's emulator turns `int N` into an emulation failure instead),
-//! or echo a line first. Also the panic handler (`probe: panic ...`, exit 99).
+//! echo a line first, or wait for a request on the control port (COM2) first. Also the panic handler (`probe: panic ...`, exit 99).
 
 use core::arch::asm;
 use core::panic::PanicInfo;
@@ -9,7 +9,7 @@ use herd_probe::cmdline::{End, Fault, Options};
 use herd_probe::hw::{halt_forever, outb};
 use herd_probe::out::Sink;
 use herd_probe::report;
-use herd_probe::serial::Com1;
+use herd_probe::serial::{COM1, COM2, Com1};
 
 const EXIT_PORT: u16 = 0xf4;
 const I8042_COMMAND: u16 = 0x64;
@@ -24,12 +24,17 @@ pub fn finish(con: &mut Com1, opts: Options) -> ! {
             let n = con.read_line(&mut buf);
             report::echo(con, &buf[..n]);
         }
+        End::Control => {
+            let mut buf = [0u8; 64];
+            let n = COM2.read_line(&mut buf);
+            report::control(con, &buf[..n]);
+        }
         End::Panic => panic!("requested by probe.end=panic"),
         _ => {}
     }
     report::done(con, opts.exit);
     match opts.end {
-        End::Exit | End::Echo | End::Panic => exit(opts.exit),
+        End::Exit | End::Echo | End::Control | End::Panic => exit(opts.exit),
         End::Reboot => {
             outb(I8042_COMMAND, I8042_RESET);
             halt_forever()
@@ -47,7 +52,7 @@ pub fn exit(code: u8) -> ! {
 
 /// Reports `probe: panic <what>` and exits with status 99.
 pub fn fail(what: &str) -> ! {
-    let con = &mut Com1;
+    let con = &mut COM1;
     report::panic_start(con, what.as_bytes());
     con.put(b'\n');
     exit(PANIC_EXIT)
@@ -91,7 +96,7 @@ fn triple_fault(fault: Fault) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
-    let con = &mut Com1;
+    let con = &mut COM1;
     report::panic_start(con, info.message().as_str().unwrap_or("").as_bytes());
     if let Some(loc) = info.location() {
         con.put_bytes(b" at ");

@@ -108,6 +108,13 @@ pub fn memcheck(s: &mut impl Sink, result: Option<(u64, bool)>) {
     }
 }
 
+/// `probe: control=<line>` (a request read from the control port).
+pub fn control(s: &mut impl Sink, line: &[u8]) {
+    start(s, b"control=");
+    s.put_bytes(line);
+    s.put(b'\n');
+}
+
 /// `probe: echo=<line>`.
 pub fn echo(s: &mut impl Sink, line: &[u8]) {
     start(s, b"echo=");

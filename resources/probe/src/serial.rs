@@ -1,31 +1,38 @@
-//! COM1 (8250 UART at port 0x3f8), polled: wait for LSR "THR empty" before each byte out,
-//! LSR "data ready" before each byte in. No initialisation: herd-vmm's UART works as is, and
-//! every register access is a VM exit.
+//! The 8250 UARTs, polled: COM1 (0x3f8, the console) and COM2 (0x2f8, herd-vmm's control
+//! port). Wait for LSR "THR empty" before each byte out, LSR "data ready" before each byte
+//! in. No initialisation: herd-vmm's UARTs work as is, and every register access is a VM exit.
 
 use crate::hw::{inb, outb};
 use crate::out::Sink;
 
-const BASE: u16 = 0x3f8;
-const LSR: u16 = BASE + 5;
+const LSR_OFFSET: u16 = 5;
 const LSR_DATA_READY: u8 = 0x01;
 const LSR_THR_EMPTY: u8 = 0x20;
 
-/// The first serial port.
+/// A polled UART at an I/O base.
 #[derive(Debug, Clone, Copy)]
-pub struct Com1;
+pub struct Uart(u16);
 
-impl Sink for Com1 {
+/// The console.
+pub const COM1: Uart = Uart(0x3f8);
+/// herd-vmm's control port.
+pub const COM2: Uart = Uart(0x2f8);
+
+/// The console's type (kept for readability at call sites).
+pub type Com1 = Uart;
+
+impl Sink for Uart {
     fn put(&mut self, b: u8) {
-        while inb(LSR) & LSR_THR_EMPTY == 0 {}
-        outb(BASE, b);
+        while inb(self.0 + LSR_OFFSET) & LSR_THR_EMPTY == 0 {}
+        outb(self.0, b);
     }
 }
 
-impl Com1 {
+impl Uart {
     /// Waits for and returns one received byte.
     pub fn get(&mut self) -> u8 {
-        while inb(LSR) & LSR_DATA_READY == 0 {}
-        inb(BASE)
+        while inb(self.0 + LSR_OFFSET) & LSR_DATA_READY == 0 {}
+        inb(self.0)
     }
 
     /// Reads up to `\n` (not stored; a `\r` before it is dropped); bytes beyond `buf` are

@@ -75,6 +75,7 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
         vcpus: machine.as_ref().map(|m| m.vcpu_count),
         memory_mib: machine.as_ref().map(|m| m.mem_size_mib),
         console_log: None,
+        stop_grace_ms: None,
     })
 }
 

@@ -9,6 +9,7 @@ mod firecracker;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use firecracker::parse_firecracker_config;
 
@@ -153,6 +154,9 @@ pub struct VmConfig {
     pub memory: MemorySize,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// On SIGTERM/SIGINT, how long the guest gets to stop on its own after a stop request on
+    /// the control port; `None` stops at once.
+    pub stop_grace: Option<Duration>,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -164,6 +168,7 @@ pub struct RawVmConfig {
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
     pub console_log: Option<PathBuf>,
+    pub stop_grace_ms: Option<u64>,
 }
 
 /// vCPUs when none are asked for.
@@ -185,6 +190,7 @@ impl RawVmConfig {
                 Some(path) => ConsoleOutput::File(path),
                 None => ConsoleOutput::Stdout,
             },
+            stop_grace: self.stop_grace_ms.map(Duration::from_millis),
         })
     }
 }

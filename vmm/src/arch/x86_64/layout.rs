@@ -39,5 +39,7 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const IOAPIC_PINS: u8 = 24;
 /// COM1 interrupt line.
 pub const COM1_IRQ: u32 = 4;
+/// COM2 (the control port) interrupt line.
+pub const COM2_IRQ: u32 = 3;
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 0x1000;

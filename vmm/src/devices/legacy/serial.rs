@@ -1,4 +1,5 @@
-//! COM1: vm-superio's 8250 UART on ports 0x3f8-0x3ff. Output goes to a writer (stdout or the
+//! The 8250 UARTs (vm-superio): COM1 on ports 0x3f8-0x3ff is the console; COM2 on
+//! 0x2f8-0x2ff is the control port herd-vmm sends requests to the guest on. Output goes to a writer (stdout or the
 //! console log); input bytes are queued by the event loop; interrupts go to IRQ 4 through an
 //! eventfd registered as a KVM irqfd, so raising one never needs the vCPU thread.
 
@@ -13,6 +14,8 @@ use crate::logging::RateLimit;
 
 /// First port of COM1.
 pub const COM1_BASE: u64 = 0x3f8;
+/// First port of COM2, herd-vmm's control port.
+pub const COM2_BASE: u64 = 0x2f8;
 /// COM1 has eight registers.
 pub const COM1_LEN: u64 = 8;
 
