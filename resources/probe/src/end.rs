@@ -26,7 +26,8 @@ pub fn finish(con: &mut Com1, opts: Options) -> ! {
         }
         End::Control => {
             let mut buf = [0u8; 64];
-            let n = COM2.read_line(&mut buf);
+            let mut control = COM2;
+            let n = control.read_line(&mut buf);
             report::control(con, &buf[..n]);
         }
         End::Panic => panic!("requested by probe.end=panic"),
@@ -52,7 +53,8 @@ pub fn exit(code: u8) -> ! {
 
 /// Reports `probe: panic <what>` and exits with status 99.
 pub fn fail(what: &str) -> ! {
-    let con = &mut COM1;
+    let mut console = COM1;
+    let con = &mut console;
     report::panic_start(con, what.as_bytes());
     con.put(b'\n');
     exit(PANIC_EXIT)
@@ -96,7 +98,8 @@ fn triple_fault(fault: Fault) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
-    let con = &mut COM1;
+    let mut console = COM1;
+    let con = &mut console;
     report::panic_start(con, info.message().as_str().unwrap_or("").as_bytes());
     if let Some(loc) = info.location() {
         con.put_bytes(b" at ");

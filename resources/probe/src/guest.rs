@@ -4,7 +4,7 @@
 use herd_probe::bootinfo::Protocol;
 use herd_probe::flow;
 use herd_probe::hw::{self, GuestMem};
-use herd_probe::serial::{COM1, Com1};
+use herd_probe::serial::COM1;
 
 use crate::{end, paging};
 
@@ -13,7 +13,8 @@ use crate::{end, paging};
 #[unsafe(no_mangle)]
 pub extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
     hw::signal_boot_timer();
-    let con = &mut COM1;
+    let mut console = COM1;
+    let con = &mut console;
     let proto = match protocol {
         1 => Protocol::Pvh,
         _ => Protocol::Linux64,
