@@ -72,10 +72,16 @@ pub fn valid_env_name(name: &str) -> bool {
 fn check_env(what: &'static str, env: &BTreeMap<String, String>) -> Result<(), ProtoError> {
     for (k, v) in env {
         if !valid_env_name(k) {
-            return Err(ProtoError::Invalid(what, format!("bad environment variable name {k:?}")));
+            return Err(ProtoError::Invalid(
+                what,
+                format!("bad environment variable name {k:?}"),
+            ));
         }
         if v.contains('\0') {
-            return Err(ProtoError::Invalid(what, format!("environment variable {k} contains NUL")));
+            return Err(ProtoError::Invalid(
+                what,
+                format!("environment variable {k} contains NUL"),
+            ));
         }
     }
     Ok(())
@@ -84,7 +90,8 @@ fn check_env(what: &'static str, env: &BTreeMap<String, String>) -> Result<(), P
 impl ImageRuntime {
     /// Parses and validates `/herd/image.json`.
     pub fn from_json(text: &str) -> Result<Self, ProtoError> {
-        let rt: Self = serde_json::from_str(text).map_err(|e| ProtoError::Parse(IMAGE_RUNTIME_PATH, e))?;
+        let rt: Self =
+            serde_json::from_str(text).map_err(|e| ProtoError::Parse(IMAGE_RUNTIME_PATH, e))?;
         rt.validate()?;
         Ok(rt)
     }
@@ -94,11 +101,19 @@ impl ImageRuntime {
         let what = IMAGE_RUNTIME_PATH;
         match self.entrypoint.first() {
             Some(p) if p.starts_with('/') => {}
-            Some(p) => return Err(ProtoError::Invalid(what, format!("entrypoint {p:?} is not an absolute path"))),
+            Some(p) => {
+                return Err(ProtoError::Invalid(
+                    what,
+                    format!("entrypoint {p:?} is not an absolute path"),
+                ));
+            }
             None => return Err(ProtoError::Invalid(what, "entrypoint is empty".into())),
         }
         if !self.workdir.starts_with('/') {
-            return Err(ProtoError::Invalid(what, format!("workdir {:?} is not absolute", self.workdir)));
+            return Err(ProtoError::Invalid(
+                what,
+                format!("workdir {:?} is not absolute", self.workdir),
+            ));
         }
         check_env(what, &self.env)
     }
@@ -112,7 +127,8 @@ impl ImageRuntime {
 impl InstanceConfig {
     /// Parses and validates `/herd/instance.json`.
     pub fn from_json(text: &str) -> Result<Self, ProtoError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| ProtoError::Parse(INSTANCE_CONFIG_PATH, e))?;
+        let cfg: Self =
+            serde_json::from_str(text).map_err(|e| ProtoError::Parse(INSTANCE_CONFIG_PATH, e))?;
         check_env(INSTANCE_CONFIG_PATH, &cfg.env)?;
         Ok(cfg)
     }
@@ -143,7 +159,11 @@ pub fn launch(image: &ImageRuntime, instance: Option<&InstanceConfig>) -> Launch
     }
     let mut argv = image.entrypoint.clone();
     argv.extend(args);
-    Launch { argv, env, workdir: image.workdir.clone() }
+    Launch {
+        argv,
+        env,
+        workdir: image.workdir.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -178,8 +198,13 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_values_are_rejected() {
-        assert!(InstanceConfig::from_json(r#"{"instance_id":"i","hostname":"h","extra":1}"#).is_err());
-        assert!(InstanceConfig::from_json(r#"{"instance_id":"i","hostname":"h","env":{"1A":"x"}}"#).is_err());
+        assert!(
+            InstanceConfig::from_json(r#"{"instance_id":"i","hostname":"h","extra":1}"#).is_err()
+        );
+        assert!(
+            InstanceConfig::from_json(r#"{"instance_id":"i","hostname":"h","env":{"1A":"x"}}"#)
+                .is_err()
+        );
         assert!(ImageRuntime::from_json(r#"{"entrypoint":["app"]}"#).is_err());
         assert!(ImageRuntime::from_json(r#"{"entrypoint":[]}"#).is_err());
         let rt = ImageRuntime::from_json(r#"{"entrypoint":["/app"]}"#).unwrap();
@@ -197,6 +222,11 @@ mod tests {
     #[test]
     fn env_names_follow_posix_rules() {
         assert!(valid_env_name("PATH") && valid_env_name("_x1"));
-        assert!(!valid_env_name("") && !valid_env_name("1x") && !valid_env_name("A-B") && !valid_env_name("A=B"));
+        assert!(
+            !valid_env_name("")
+                && !valid_env_name("1x")
+                && !valid_env_name("A-B")
+                && !valid_env_name("A=B")
+        );
     }
 }
