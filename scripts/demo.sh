@@ -14,6 +14,9 @@ say() { printf '\033[1mherd-demo:\033[0m %s\n' "$*" >&2; }
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-none; then
     rustup target add x86_64-unknown-none
 fi
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl
+fi
 say "building herd-vmm and the probe guest (release)"
 cargo build --release --workspace --bins --quiet
 vmm=target/release/herd-vmm

@@ -14,6 +14,10 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x
     log "adding the x86_64-unknown-none target (probe guest)"
     rustup target add x86_64-unknown-none
 fi
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    log "adding the x86_64-unknown-linux-musl target (herd-init, static)"
+    rustup target add x86_64-unknown-linux-musl
+fi
 
 log "guest kernel (cached after the first build, ~4 minutes on 2 cores)"
 HERD_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)

@@ -1,0 +1,315 @@
+//! Unit tests of the boot sequence against recording fakes of [`Host`] and [`Os`].
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use super::*;
+use crate::host::{Event, Mount};
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+const IMAGE: &str = r#"{"entrypoint":["/app/hello"],"args":["a"],"env":{"A":"1"},"workdir":"/w"}"#;
+const INSTANCE: &str = r#"{"instance_id":"i","hostname":"web-1","env":{"B":"2"},"args":null}"#;
+
+#[derive(Default)]
+struct FakeHost {
+    log: Log,
+    fail_mount: Option<&'static str>,
+    fail_boot_timer: bool,
+}
+
+fn io_err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+impl Host for FakeHost {
+    fn mount(&mut self, m: &Mount) -> Result<(), HostError> {
+        self.log.borrow_mut().push(format!("mount {}", m.target));
+        match self.fail_mount {
+            Some(t) if t == m.target => Err(HostError::Mount {
+                fstype: m.fstype,
+                target: m.target,
+                source: io_err(libc::EPERM),
+            }),
+            _ => Ok(()),
+        }
+    }
+    fn symlink(&mut self, link: &'static str, _: &'static str) -> Result<(), HostError> {
+        self.log.borrow_mut().push(format!("link {link}"));
+        Ok(())
+    }
+    fn ensure_console(&mut self) -> Result<(), HostError> {
+        self.log.borrow_mut().push("console".into());
+        Ok(())
+    }
+    fn set_hostname(&mut self, name: &str) -> Result<(), HostError> {
+        self.log.borrow_mut().push(format!("hostname {name}"));
+        Ok(())
+    }
+    fn loopback_up(&mut self) -> Result<(), HostError> {
+        self.log.borrow_mut().push("lo up".into());
+        Ok(())
+    }
+    fn signal_boot_timer(&mut self) -> Result<(), HostError> {
+        self.log.borrow_mut().push("boot timer".into());
+        if self.fail_boot_timer {
+            return Err(HostError::BootTimer(io_err(libc::ENOENT)));
+        }
+        Ok(())
+    }
+    fn end_vm(&mut self, status: u8) -> ! {
+        panic!("run must not end the VM itself (status {status})")
+    }
+}
+
+struct FakeOs {
+    log: Log,
+    files: HashMap<&'static str, &'static str>,
+    spawn_errno: Option<i32>,
+    entry_exists: bool,
+    events: VecDeque<Event>,
+    control: &'static [u8],
+    reaps: VecDeque<Option<(Pid, i32)>>,
+}
+
+impl FakeOs {
+    fn new(log: &Log) -> Self {
+        Self {
+            log: log.clone(),
+            files: [
+                (IMAGE_RUNTIME_PATH, IMAGE),
+                (INSTANCE_CONFIG_PATH, INSTANCE),
+            ]
+            .into(),
+            spawn_errno: None,
+            entry_exists: true,
+            events: VecDeque::new(),
+            control: b"",
+            reaps: VecDeque::new(),
+        }
+    }
+}
+
+impl Os for FakeOs {
+    fn block_signals(&mut self) -> io::Result<()> {
+        self.log.borrow_mut().push("block".into());
+        Ok(())
+    }
+    fn read_file(&mut self, path: &str) -> io::Result<Option<String>> {
+        Ok(self.files.get(path).map(|s| s.to_string()))
+    }
+    fn exists(&mut self, _: &str) -> bool {
+        self.entry_exists
+    }
+    fn chdir(&mut self, dir: &str) -> io::Result<()> {
+        self.log.borrow_mut().push(format!("chdir {dir}"));
+        Ok(())
+    }
+    fn spawn(&mut self, launch: &Launch) -> io::Result<Pid> {
+        let env: Vec<_> = launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let line = format!("spawn {} env {}", launch.argv.join(" "), env.join(" "));
+        self.log.borrow_mut().push(line);
+        self.spawn_errno.map_or(Ok(42), |e| Err(io_err(e)))
+    }
+    fn open_control(&mut self, path: &str) -> io::Result<()> {
+        self.log.borrow_mut().push(format!("open {path}"));
+        Ok(())
+    }
+    fn wait_event(&mut self, buf: &mut [u8]) -> io::Result<Event> {
+        let event = self
+            .events
+            .pop_front()
+            .expect("the test scripted enough events");
+        if let Event::Control(n) = event {
+            buf[..n].copy_from_slice(&self.control[..n]);
+            self.control = &self.control[n..];
+        }
+        Ok(event)
+    }
+    fn reap(&mut self) -> io::Result<Option<(Pid, i32)>> {
+        let next = self
+            .reaps
+            .pop_front()
+            .expect("the test scripted enough reaps");
+        if let Some((pid, _)) = next {
+            self.log.borrow_mut().push(format!("reaped {pid}"));
+        }
+        Ok(next)
+    }
+    fn kill(&mut self, pid: Pid, signal: Signal) -> io::Result<()> {
+        self.log.borrow_mut().push(format!("kill {pid} {signal:?}"));
+        Ok(())
+    }
+}
+
+fn fakes() -> (Log, FakeHost, FakeOs) {
+    let log = Log::default();
+    let host = FakeHost {
+        log: log.clone(),
+        ..FakeHost::default()
+    };
+    let os = FakeOs::new(&log);
+    (log, host, os)
+}
+
+fn sig(signal: Signal) -> Event {
+    Event::Signal(signal)
+}
+
+fn logged(log: &Log) -> Vec<String> {
+    log.borrow().clone()
+}
+
+#[test]
+fn boots_in_order_forwards_term_reaps_orphans_and_returns_the_apps_status() {
+    let (log, mut host, mut os) = fakes();
+    os.events = [sig(Signal::Child), sig(Signal::Term), sig(Signal::Child)].into();
+    os.reaps = [Some((77, 0)), None, Some((78, 0)), Some((42, 3 << 8))].into();
+    assert_eq!(run(&mut host, &mut os), 3);
+    let expected = [
+        "block",
+        "mount /dev",
+        "console",
+        "mount /proc",
+        "mount /sys",
+        "mount /tmp",
+        "mount /run",
+        "mount /dev/shm",
+        "link /dev/fd",
+        "link /dev/stdin",
+        "link /dev/stdout",
+        "link /dev/stderr",
+        "hostname web-1",
+        "lo up",
+        "chdir /w",
+        "boot timer",
+        "spawn /app/hello a env A=1 B=2",
+        "open /dev/ttyS1",
+        "reaped 77",
+        "kill 42 Term",
+        "reaped 78",
+        "reaped 42",
+    ];
+    assert_eq!(logged(&log), expected);
+}
+
+#[test]
+fn a_stop_request_on_the_control_port_is_forwarded_as_sigterm() {
+    let (log, mut host, mut os) = fakes();
+    os.control = b"hello\nst\x6fp\n";
+    os.events = [
+        Event::Control(8),
+        Event::Control(3),
+        Event::ControlClosed,
+        sig(Signal::Child),
+    ]
+    .into();
+    os.reaps = [Some((42, libc::SIGTERM))].into();
+    assert_eq!(run(&mut host, &mut os), 143);
+    let log = logged(&log);
+    let kills: Vec<_> = log.iter().filter(|l| l.starts_with("kill")).collect();
+    assert_eq!(
+        kills,
+        ["kill 42 Term"],
+        "one stop line, one SIGTERM: {log:?}"
+    );
+}
+
+#[test]
+fn app_killed_by_a_signal_gives_128_plus_n() {
+    let (_, mut host, mut os) = fakes();
+    os.events = [sig(Signal::Int), sig(Signal::Child)].into();
+    os.reaps = [Some((42, libc::SIGINT))].into();
+    assert_eq!(run(&mut host, &mut os), 130);
+}
+
+#[test]
+fn without_instance_config_the_hostname_is_left_alone() {
+    let (log, mut host, mut os) = fakes();
+    os.files.remove(INSTANCE_CONFIG_PATH);
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = logged(&log);
+    assert!(!log.iter().any(|l| l.starts_with("hostname")));
+    assert!(log.contains(&"spawn /app/hello a env A=1".to_string()));
+}
+
+#[test]
+fn a_failed_mount_ends_with_125_before_anything_runs() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_mount = Some("/proc");
+    assert_eq!(run(&mut host, &mut os), 125);
+    let log = logged(&log);
+    assert_eq!(log.last().unwrap(), "mount /proc");
+}
+
+#[test]
+fn bad_or_missing_configuration_ends_with_125_before_the_boot_timer() {
+    let bad: [(&str, Option<&'static str>); 3] = [
+        (
+            INSTANCE_CONFIG_PATH,
+            Some(r#"{"instance_id":"i","hostname":"h","x":1}"#),
+        ),
+        (IMAGE_RUNTIME_PATH, Some(r#"{"entrypoint":["relative"]}"#)),
+        (IMAGE_RUNTIME_PATH, None),
+    ];
+    for (path, text) in bad {
+        let (log, mut host, mut os) = fakes();
+        match text {
+            Some(text) => os.files.insert(path, text),
+            None => os.files.remove(path),
+        };
+        assert_eq!(run(&mut host, &mut os), 125, "{path}: {text:?}");
+        assert!(
+            !logged(&log)
+                .iter()
+                .any(|l| l.starts_with("spawn") || l == "boot timer")
+        );
+    }
+}
+
+#[test]
+fn apps_that_cannot_start_give_127_or_126() {
+    for (errno, exists, status) in [
+        (libc::ENOENT, false, 127),
+        (libc::ENOENT, true, 126),
+        (libc::EACCES, true, 126),
+        (libc::ENOEXEC, true, 126),
+    ] {
+        let (_, mut host, mut os) = fakes();
+        os.spawn_errno = Some(errno);
+        os.entry_exists = exists;
+        assert_eq!(
+            run(&mut host, &mut os),
+            status,
+            "errno {errno}, exists {exists}"
+        );
+    }
+}
+
+#[test]
+fn a_boot_timer_failure_is_only_a_warning() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_boot_timer = true;
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    assert_eq!(run(&mut host, &mut os), 0);
+    assert!(logged(&log).iter().any(|l| l.starts_with("spawn")));
+}
+
+#[test]
+fn errors_print_on_one_line_with_their_causes() {
+    let err = BootError::Setup(HostError::Mount {
+        fstype: "proc",
+        target: "/proc",
+        source: io_err(libc::EPERM),
+    });
+    let line = one_line(&err);
+    assert!(
+        line.starts_with("setup failed: cannot mount proc on /proc: "),
+        "{line}"
+    );
+    assert!(!line.contains('\n'));
+}
