@@ -8,4 +8,6 @@
 
 pub mod cpio;
 pub mod embedded;
+pub mod image;
 pub mod run;
+pub mod store;

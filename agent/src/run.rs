@@ -15,6 +15,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use herd_proto::{INSTANCE_CONFIG_PATH, InstanceConfig, valid_env_name};
 
 use crate::cpio::{Archive, CpioError};
+use crate::image::exit;
+use crate::store::{Store, StoreError};
 
 /// Options of `herd run`.
 #[derive(Debug, clap::Args)]
@@ -65,7 +67,7 @@ pub enum RunError {
     #[error("cannot watch signals")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
-    Image(Box<dyn std::error::Error + Send + Sync>),
+    Image(#[from] StoreError),
 }
 
 /// One `KEY=VALUE`, validated.
@@ -218,11 +220,49 @@ pub fn boot(vmm: &Path, plan: &BootPlan) -> Result<ExitStatus, RunError> {
     status
 }
 
-/// Runs `herd run`; returns the status herd should exit with.
-pub fn execute(_args: RunArgs) -> Result<i32, RunError> {
-    Err(RunError::Image(
-        "the image store is not wired into herd run yet".into(),
-    ))
+/// Runs `herd run` against the store in `home`; returns the status herd should exit with.
+pub fn execute(args: RunArgs, home: &Path) -> Result<i32, RunError> {
+    // Validate what the user typed before touching the store or booting anything.
+    let env = instance_env(&args.env_files, &args.env)?;
+    let vmm = find_vmm()?;
+    let image = Store::open(home).and_then(|s| s.resolve(&args.image))?;
+    let instance_id = new_instance_id(&image.config.name);
+    let instance = InstanceConfig {
+        hostname: instance_id.clone(),
+        instance_id,
+        env,
+        args: (!args.args.is_empty()).then_some(args.args),
+    };
+    let archive = write_archive(&instance_archive(&instance)?)?;
+    let mut cmdline = image.config.kernel.cmdline.clone();
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        cmdline = format!("{cmdline} {PVM_CMDLINE}");
+    }
+    let plan = BootPlan {
+        kernel: image.kernel,
+        initramfs: image.initramfs,
+        instance_archive: archive.path().to_owned(),
+        cmdline,
+        vcpus: args.vcpus.unwrap_or(image.config.vcpus),
+        memory_mib: args.memory.unwrap_or(image.config.memory_mib),
+        stop_grace_ms: args.stop_timeout.saturating_mul(1000),
+    };
+    let status = boot(&vmm, &plan)?;
+    drop(archive);
+    Ok(exit_code(status))
+}
+
+impl RunError {
+    /// herd's exit status for this failure (see `herd --help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::EnvFileLine { .. } | RunError::EnvArg(_) => exit::USAGE,
+            RunError::EnvFile(_, e) => exit::io_input(e),
+            RunError::Image(e) => e.exit_code(),
+            RunError::NoVmm => exit::NO_INPUT,
+            _ => exit::SOFTWARE,
+        }
+    }
 }
 
 /// Writes the instance archive to a temporary file that lives as long as the returned handle.

@@ -252,16 +252,28 @@ fn sigterm_with_grace_asks_the_guest_to_stop_on_the_control_port() {
 #[test]
 fn guest_that_ignores_the_stop_request_is_powered_off_after_grace_or_second_signal() {
     require_kvm!("guest_that_ignores_the_stop_request_is_powered_off_after_grace_or_second_signal");
-    let mut running = TestVm::probe_pvh().args(["--stop-grace", "300"]).cmdline("probe.end=halt").spawn();
+    let mut running = TestVm::probe_pvh()
+        .args(["--stop-grace", "300"])
+        .cmdline("probe.end=halt")
+        .spawn();
     running.wait_for_line("probe: done");
     let signalled = std::time::Instant::now();
     running.signal("TERM");
     let vm = running.wait();
     assert_eq!(vm.code(), 143, "{vm:#?}");
-    assert!(signalled.elapsed() >= Duration::from_millis(300), "grace period not honoured");
-    assert!(vm.stderr.contains("did not stop within its grace period"), "{vm:#?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(300),
+        "grace period not honoured"
+    );
+    assert!(
+        vm.stderr.contains("did not stop within its grace period"),
+        "{vm:#?}"
+    );
 
-    let mut running = TestVm::probe_pvh().args(["--stop-grace", "60000"]).cmdline("probe.end=halt").spawn();
+    let mut running = TestVm::probe_pvh()
+        .args(["--stop-grace", "60000"])
+        .cmdline("probe.end=halt")
+        .spawn();
     running.wait_for_line("probe: done");
     running.signal("TERM");
     std::thread::sleep(Duration::from_millis(50));

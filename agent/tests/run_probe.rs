@@ -1,0 +1,281 @@
+//! End-to-end: `herd run` boots an image through the real herd-vmm with the instance's
+//! configuration appended at boot. The image's kernel is the probe guest, which reports the
+//! `herd/` files it finds in the initrd, so this runs on any KVM host, PVM included.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// herd-vmm and the probe, built by the workspace (`cargo build --workspace`).
+fn prerequisites() -> Option<(PathBuf, PathBuf)> {
+    let exe = std::env::current_exe().unwrap();
+    let vmm = exe.parent()?.parent()?.join("herd-vmm");
+    let probe = workspace().join("target/herd-probe/probe.elf");
+    if !Path::new("/dev/kvm").exists() {
+        println!("HERD-SKIP: herd run tests: /dev/kvm is missing");
+        if let Some(log) = std::env::var_os("HERD_SKIP_LOG") {
+            let line = "HERD-SKIP: herd run end-to-end tests: /dev/kvm is missing\n";
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+        }
+        return None;
+    }
+    assert!(
+        vmm.is_file(),
+        "{} missing: cargo build --workspace first",
+        vmm.display()
+    );
+    assert!(
+        probe.is_file(),
+        "{} missing: cargo build -p herd-tests first",
+        probe.display()
+    );
+    Some((vmm, probe))
+}
+
+struct Herd {
+    home: tempfile::TempDir,
+    vmm: PathBuf,
+}
+
+impl Herd {
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .arg("--home")
+            .arg(self.home.path())
+            .args(args)
+            .env("HERD_VMM", &self.vmm)
+            .output()
+            .expect("run herd")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "herd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Builds an image whose kernel is the probe; app and init are the probe too (any small static
+/// ELF will do: the probe never runs them, and it sums the whole initrd at emulated speed on
+/// PVM hosts, so the initrd must stay small).
+fn probe_image(herd: &Herd, probe: &Path, exit: u8) -> String {
+    let app = herd.home.path().join("app");
+    std::fs::copy(probe, &app).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = herd.ok(&[
+        "build",
+        "--binary",
+        app.to_str().unwrap(),
+        "--name",
+        "probe-app",
+        "--version",
+        "1.0.0",
+        "--kernel",
+        probe.to_str().unwrap(),
+        "--init",
+        probe.to_str().unwrap(),
+        "--env",
+        "FROM_IMAGE=yes",
+        "--cmdline",
+        &format!("console=ttyS0 exit={exit}"),
+    ]);
+    out.lines().last().unwrap().trim().to_owned()
+}
+
+fn instance_config(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe: file-content herd/instance.json "))
+        .next_back()
+        .unwrap_or_else(|| panic!("no instance config reported:\n{stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn run_injects_each_environment_at_boot_and_the_image_digest_never_changes() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    let digest = probe_image(&herd, &probe, 7);
+    let envs = tempfile::tempdir().unwrap();
+    let staging = envs.path().join("staging.env");
+    let prod = envs.path().join("prod.env");
+    std::fs::write(&staging, "STAGE=staging\nDB=db.staging\n").unwrap();
+    std::fs::write(&prod, "STAGE=prod\nDB=db.prod\n").unwrap();
+
+    let mut seen = Vec::new();
+    for env_file in [&staging, &prod] {
+        let out = herd.cmd(&[
+            "run",
+            "probe-app:1.0.0",
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--",
+            "serve",
+            "--fast",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "herd run exits with the guest's status: {stdout}"
+        );
+        assert!(
+            stdout.contains("probe: file herd/image.json"),
+            "image config present: {stdout}"
+        );
+        let cfg = instance_config(&stdout);
+        assert_eq!(cfg["args"], serde_json::json!(["serve", "--fast"]));
+        assert!(
+            cfg["instance_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("probe-app-")
+        );
+        assert_eq!(cfg["hostname"], cfg["instance_id"]);
+        seen.push(cfg);
+    }
+    assert_eq!(
+        seen[0]["env"],
+        serde_json::json!({"STAGE": "staging", "DB": "db.staging"})
+    );
+    assert_eq!(
+        seen[1]["env"],
+        serde_json::json!({"STAGE": "prod", "DB": "db.prod"})
+    );
+    assert_ne!(seen[0]["instance_id"], seen[1]["instance_id"]);
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&herd.ok(&["image", "inspect", "probe-app:1.0.0"])).unwrap();
+    assert_eq!(
+        inspect["digest"].as_str(),
+        Some(digest.as_str()),
+        "{inspect}"
+    );
+    assert_eq!(
+        probe_image(&herd, &probe, 7),
+        digest,
+        "rebuilding gives the same digest"
+    );
+}
+
+#[test]
+fn run_refuses_unknown_images_and_bad_env_without_booting() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    probe_image(&herd, &probe, 0);
+    let out = herd.cmd(&["run", "nope:1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope:1"), "{err}");
+    let out = herd.cmd(&["run", "probe-app", "--env", "1BAD=x"]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1BAD=x"));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("probe:"),
+        "nothing booted"
+    );
+}
+
+/// The cached guest kernel (`$HERD_KERNEL_DIR` or guest-kernel/build.sh's cache).
+fn linux_kernel() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("HERD_KERNEL_DIR") {
+        return Some(PathBuf::from(d).join("vmlinux"));
+    }
+    let out = Command::new(workspace().join("guest-kernel/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()?
+        .trim()
+        .to_owned();
+    out.status
+        .success()
+        .then(|| PathBuf::from(dir).join("vmlinux"))
+}
+
+#[test]
+fn hello_app_prints_each_environment_and_exits_with_the_requested_status() {
+    let Some((vmm, _)) = prerequisites() else {
+        return;
+    };
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        println!("skipped on PVM: Linux user space cannot start under PVM's instruction emulator");
+        return;
+    }
+    let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
+    let hello = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("hello");
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    herd.ok(&[
+        "build",
+        "--binary",
+        hello.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--version",
+        "1",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    let envs = tempfile::tempdir().unwrap();
+    for (stage, status) in [("staging", "3"), ("prod", "4")] {
+        let file = envs.path().join(format!("{stage}.env"));
+        std::fs::write(&file, format!("STAGE={stage}\nEXIT_STATUS={status}\n")).unwrap();
+        let out = herd.cmd(&[
+            "run",
+            "hello:1",
+            "--env-file",
+            file.to_str().unwrap(),
+            "--",
+            "a",
+            "b c",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(status.parse().unwrap()), "{stdout}");
+        assert!(stdout.contains(&format!("env STAGE={stage}")), "{stdout}");
+        assert!(
+            stdout.contains("arg 0 a") && stdout.contains("arg 1 b c"),
+            "{stdout}"
+        );
+    }
+}
