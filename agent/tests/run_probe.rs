@@ -74,6 +74,10 @@ impl Herd {
 /// ELF will do: the probe never runs them, and it sums the whole initrd at emulated speed on
 /// PVM hosts, so the initrd must stay small).
 fn probe_image(herd: &Herd, probe: &Path, exit: u8) -> String {
+    probe_image_with(herd, probe, &format!("console=ttyS0 exit={exit}"))
+}
+
+fn probe_image_with(herd: &Herd, probe: &Path, cmdline: &str) -> String {
     let app = herd.home.path().join("app");
     std::fs::copy(probe, &app).unwrap();
     std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -92,7 +96,7 @@ fn probe_image(herd: &Herd, probe: &Path, exit: u8) -> String {
         "--env",
         "FROM_IMAGE=yes",
         "--cmdline",
-        &format!("console=ttyS0 exit={exit}"),
+        cmdline,
     ]);
     out.lines().last().unwrap().trim().to_owned()
 }
@@ -176,6 +180,45 @@ fn run_injects_each_environment_at_boot_and_the_image_digest_never_changes() {
         digest,
         "rebuilding gives the same digest"
     );
+}
+
+#[test]
+fn sigterm_to_herd_run_asks_the_guest_to_stop_and_returns_its_status() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    probe_image_with(&herd, &probe, "console=ttyS0 probe.end=control exit=33");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .arg("--home")
+        .arg(herd.home.path())
+        .args(["run", "probe-app:1.0.0"])
+        .env("HERD_VMM", &herd.vmm)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("probe: memcheck") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0,
+            "VM ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let ok = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::io::Read::read_to_string(&mut reader, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(33), "the guest stopped itself: {seen}");
+    assert!(seen.contains("probe: control=stop"), "{seen}");
 }
 
 #[test]
