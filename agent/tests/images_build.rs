@@ -382,3 +382,35 @@ fn bad_inputs_are_refused_clearly_and_leave_the_store_as_it_was() {
         .fails(66, "no image");
     assert_eq!(env.snapshot(), snapshot);
 }
+
+#[test]
+fn example_apps_build_twice_to_the_same_digest() {
+    let target = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    for app in ["hello", "http"] {
+        let bin = target.join(app);
+        assert!(
+            bin.is_file(),
+            "{} missing: cargo build --workspace --bins first",
+            bin.display()
+        );
+        let args = [
+            "--binary",
+            bin.to_str().unwrap(),
+            "--name",
+            app,
+            "--version",
+            "1.0",
+            "--port",
+            "8080",
+        ];
+        let first = Env::new().build(&args).ok().digest();
+        let second = Env::new().build(&args).ok().digest();
+        assert_eq!(first, second, "{app} is reproducible");
+    }
+}
