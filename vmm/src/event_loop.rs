@@ -1,6 +1,7 @@
 //! The event-loop thread's subscribers: console input from stdin into COM1, and the stop
 //! latch plus termination signals (with a graceful stop through the control port, COM2, when
-//! a grace period is set). Device work for virtio joins here later.
+//! a grace period is set). Virtio queue notifications are watched here too, by each device's
+//! `devices::virtio::mmio::notify::QueueNotifier`.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;

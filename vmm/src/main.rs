@@ -33,9 +33,13 @@ struct Cli {
     /// Guest memory in MiB, at least 32 [default: 128].
     #[arg(long, value_name = "MIB", conflicts_with = "config_file")]
     memory: Option<u64>,
-    /// Firecracker-style JSON config (`boot-source`, `machine-config`).
+    /// Firecracker-style JSON config (`boot-source`, `machine-config`, `entropy`).
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
     config_file: Option<PathBuf>,
+    /// Give the guest a virtio-rng device (virtio-mmio, announced on its command line) fed
+    /// from the host's getrandom.
+    #[arg(long, conflicts_with = "config_file")]
+    entropy: bool,
     /// Write the guest console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
@@ -65,6 +69,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
             memory_mib: cli.memory,
             console_log: None,
             stop_grace_ms: None,
+            entropy: cli.entropy,
         },
     };
     raw.console_log = cli.console_log;

@@ -17,12 +17,16 @@ use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ, COM2_IRQ};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::BootEntry;
 use crate::bus::{BusError, IoBuses};
-use crate::config::{ConsoleOutput, VmConfig};
+use crate::config::{ConfigError, ConsoleOutput, KernelCmdline, VmConfig};
 use crate::devices::legacy::boot_timer::BOOT_TIMER_LEN;
 use crate::devices::legacy::exit_port::EXIT_PORT;
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, COM2_BASE, ConsoleWriter};
 use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::mmio::attach::{self, AttachError, VirtioSlot};
+use crate::devices::virtio::mmio::notify::QueueNotifier;
+use crate::devices::virtio::rng::Rng;
 use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
@@ -62,6 +66,10 @@ pub enum VmmError {
     Mptable(#[from] MptableError),
     #[error("cannot register a device")]
     Bus(#[from] BusError),
+    #[error("kernel command line with the device announcements")]
+    Cmdline(#[source] ConfigError),
+    #[error("cannot attach virtio device {0}")]
+    Virtio(&'static str, #[source] AttachError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("cannot create the event {0}")]
@@ -130,17 +138,19 @@ impl Vmm {
             .map(|p| open_input("initrd", p))
             .collect::<Result<Vec<_>, _>>()?;
         let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
+        let virtio = plan_virtio(config)?;
         phases.mark("open");
         let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
         phases.mark("vm");
-        let entry = load_guest(&vm, config, &mut kernel_file, initrd_files)?;
+        let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel_file, initrd_files)?;
         phases.mark("load");
         let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
         phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
-        let (io, ports) = wire_devices(&vm, &stop, clock, console)?;
-        let events = event_loop(&ports, &stop, config.stop_grace)?;
+        let (mut io, ports) = wire_devices(&vm, &stop, clock, console)?;
+        let notifiers = wire_virtio(&vm, &mut io, virtio)?;
+        let events = event_loop(&ports, &stop, config.stop_grace, notifiers)?;
         let serial = ports.console;
         phases.mark("devices");
         tracing::debug!(%phases, "VM built");
@@ -199,6 +209,7 @@ impl Vmm {
 fn load_guest(
     vm: &Vm,
     config: &VmConfig,
+    cmdline: &KernelCmdline,
     kernel_file: &mut File,
     initrd_files: Vec<File>,
 ) -> Result<BootEntry, VmmError> {
@@ -210,14 +221,8 @@ fn load_guest(
         }
     })?;
     let initrd = load_initrds(vm, config, &kernel, initrd_files)?;
-    boot::write_boot_info(
-        &vm.memory,
-        &kernel,
-        initrd,
-        config.cmdline.as_str(),
-        mem_bytes,
-    )
-    .map_err(VmmError::BootInfo)?;
+    boot::write_boot_info(&vm.memory, &kernel, initrd, cmdline.as_str(), mem_bytes)
+        .map_err(VmmError::BootInfo)?;
     mptable::write(&vm.memory, config.vcpus.get())?;
     tracing::debug!(entry = ?kernel.entry, ?initrd, "kernel loaded");
     Ok(kernel.entry)
@@ -352,12 +357,51 @@ fn wire_devices(
     Ok((io, ports))
 }
 
+/// The virtio devices a config asks for, where they go, and the command line announcing them.
+struct VirtioPlan {
+    devices: Vec<(&'static str, VirtioSlot, Box<dyn VirtioDevice>)>,
+    cmdline: KernelCmdline,
+}
+
+fn plan_virtio(config: &VmConfig) -> Result<VirtioPlan, VmmError> {
+    let mut wanted: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
+    if config.entropy {
+        wanted.push(("virtio-rng", Box::new(Rng::new())));
+    }
+    let slots = attach::slots(wanted.len()).map_err(|e| VmmError::Virtio("devices", e))?;
+    let cmdline = config
+        .cmdline
+        .with_words(&attach::cmdline_words(&slots))
+        .map_err(VmmError::Cmdline)?;
+    let devices = wanted
+        .into_iter()
+        .zip(slots)
+        .map(|((name, dev), slot)| (name, slot, dev))
+        .collect();
+    Ok(VirtioPlan { devices, cmdline })
+}
+
+fn wire_virtio(
+    vm: &Vm,
+    io: &mut IoBuses,
+    plan: VirtioPlan,
+) -> Result<Vec<QueueNotifier>, VmmError> {
+    plan.devices
+        .into_iter()
+        .map(|(name, slot, dev)| {
+            attach::attach(&vm.fd, &vm.memory, &mut io.mmio, slot, name, dev)
+                .map_err(|e| VmmError::Virtio(name, e))
+        })
+        .collect()
+}
+
 type Events = EventManager<Box<dyn MutEventSubscriber + Send>>;
 
 fn event_loop(
     ports: &SerialPorts,
     stop: &Arc<VmStop>,
     grace: Option<Duration>,
+    notifiers: Vec<QueueNotifier>,
 ) -> Result<Events, VmmError> {
     let mut events = Events::new().map_err(VmmError::EventLoop)?;
     let signal_evt = eventfd("signal")?;
@@ -366,6 +410,9 @@ fn event_loop(
         .map_err(|e| VmmError::EventFd("grace timer", e))?;
     events.add_subscriber(Box::new(watcher));
     events.add_subscriber(Box::new(ConsoleInput::new(ports.console.clone())));
+    for notifier in notifiers {
+        events.add_subscriber(Box::new(notifier));
+    }
     Ok(events)
 }
 
@@ -401,6 +448,7 @@ impl VmmError {
                 io_code(source)
             }
             VmmError::NotAFile { .. } | VmmError::Kernel { .. } | VmmError::Initrd { .. } => DATA,
+            VmmError::Cmdline(_) | VmmError::Virtio(_, AttachError::TooMany(_)) => USAGE,
             VmmError::Vm(
                 VmError::KvmMissing(_) | VmError::MissingCap(_) | VmError::TooManyVcpus { .. },
             ) => UNAVAILABLE,

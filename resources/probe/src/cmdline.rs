@@ -1,9 +1,13 @@
 //! The probe's command-line words: `exit=N`,
 //! `probe.end=exit|reboot|halt|triple-fault|echo|control|panic`
-//! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises).
+//! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises); the virtio
+//! devices herd-vmm announces (`virtio_mmio.device=4K@0x..:N`), `probe.rng=N` (read N bytes
+//! from the entropy device) and `probe.rng.hostile=outside|loop` (send a hostile request).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
 //! understand (and values we cannot parse) are ignored.
+
+use crate::virtio::{Hostile, MAX_DEVICES, parse_device};
 
 /// How the probe ends after its report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,14 @@ pub struct Options {
     pub end: End,
     /// The exception for `End::TripleFault`.
     pub fault: Fault,
+    /// Bytes to read from the entropy device (0: none).
+    pub rng: u32,
+    /// How the entropy request is built.
+    pub rng_hostile: Hostile,
+    /// Base addresses of the announced virtio-mmio windows, in order.
+    pub virtio: [u64; MAX_DEVICES],
+    /// How many of `virtio` are set.
+    pub virtio_count: usize,
 }
 
 impl Default for Options {
@@ -56,6 +68,10 @@ impl Default for Options {
             exit: 0,
             end: End::Exit,
             fault: Fault::Ud2,
+            rng: 0,
+            rng_hostile: Hostile::No,
+            virtio: [0; MAX_DEVICES],
+            virtio_count: 0,
         }
     }
 }
@@ -72,6 +88,9 @@ pub fn parse(cmdline: &[u8]) -> Options {
             b"exit" => opts.exit = parse_u8(value).unwrap_or(opts.exit),
             b"probe.end" => opts.end = parse_end(value).unwrap_or(opts.end),
             b"probe.fault" => opts.fault = parse_fault(value).unwrap_or(opts.fault),
+            b"probe.rng" => opts.rng = parse_u32(value).unwrap_or(opts.rng),
+            b"probe.rng.hostile" => opts.rng_hostile = parse_hostile(value),
+            b"virtio_mmio.device" => add_device(&mut opts, value),
             _ => {}
         }
     }
@@ -89,6 +108,37 @@ fn parse_end(v: &[u8]) -> Option<End> {
         b"panic" => End::Panic,
         _ => return None,
     })
+}
+
+fn add_device(opts: &mut Options, value: &[u8]) {
+    if let (Some(base), Some(slot)) = (parse_device(value), opts.virtio.get_mut(opts.virtio_count))
+    {
+        *slot = base;
+        opts.virtio_count += 1;
+    }
+}
+
+fn parse_hostile(v: &[u8]) -> Hostile {
+    match v {
+        b"outside" => Hostile::Outside,
+        b"loop" => Hostile::Loop,
+        _ => Hostile::No,
+    }
+}
+
+/// Parses a decimal number below 2^32.
+fn parse_u32(v: &[u8]) -> Option<u32> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in v {
+        n = n * 10 + u64::from((c as char).to_digit(10)?);
+        if n > u64::from(u32::MAX) {
+            return None;
+        }
+    }
+    Some(n as u32)
 }
 
 fn parse_fault(v: &[u8]) -> Option<Fault> {
@@ -161,7 +211,7 @@ mod tests {
         let want = Options {
             exit: 3,
             end: End::Echo,
-            fault: Fault::Ud2,
+            ..Options::default()
         };
         assert_eq!(parse(b"probe.end=echo exit=3"), want);
         assert_eq!(parse(b"probe.end=panic").end, End::Panic);
@@ -176,6 +226,26 @@ mod tests {
         assert_eq!(parse(b"probe.fault=div0").fault, Fault::Div0);
         assert_eq!(parse(b"probe.fault=int").fault, Fault::Int);
         assert_eq!(parse(b"probe.fault=nope").fault, Fault::Ud2);
+    }
+
+    #[test]
+    fn virtio_devices_and_rng_words() {
+        let o = parse(
+            b"virtio_mmio.device=4K@0xc0001000:5 probe.rng=4096 \
+              virtio_mmio.device=4K@0xc0002000:6 virtio_mmio.device=bogus",
+        );
+        assert_eq!(o.virtio_count, 2);
+        assert_eq!(&o.virtio[..2], &[0xc000_1000, 0xc000_2000]);
+        assert_eq!((o.rng, o.rng_hostile), (4096, Hostile::No));
+        assert_eq!(parse(b"probe.rng.hostile=loop").rng_hostile, Hostile::Loop);
+        assert_eq!(
+            parse(b"probe.rng.hostile=outside").rng_hostile,
+            Hostile::Outside
+        );
+        assert_eq!(parse(b"probe.rng=x1").rng, 0);
+        let many = b"virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 \
+            virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000";
+        assert_eq!(parse(many).virtio_count, MAX_DEVICES);
     }
 
     #[test]

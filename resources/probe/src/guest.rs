@@ -6,7 +6,7 @@ use herd_probe::flow;
 use herd_probe::hw::{self, GuestMem};
 use herd_probe::serial::COM1;
 
-use crate::{end, paging};
+use crate::{devices, end, paging};
 
 /// Called by both entry paths with `protocol` 1 (PVH, `info` = start info) or 2 (Linux,
 /// `info` = zero page), on the probe's stack and page tables.
@@ -21,6 +21,7 @@ pub extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
     };
     let opts = flow::report(con, &GuestMem, proto, info, memcheck)
         .unwrap_or_else(|e| end::fail(e.as_str()));
+    devices::run(con, &opts);
     end::finish(con, opts)
 }
 

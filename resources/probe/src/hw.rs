@@ -99,3 +99,20 @@ impl PhysMem for GuestMem {
         Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
     }
 }
+
+/// A virtio-mmio register window at its identity-mapped base.
+#[derive(Debug, Clone, Copy)]
+pub struct MmioRegs(pub u64);
+
+impl crate::virtio::Regs for MmioRegs {
+    fn read(&self, offset: u32) -> u32 {
+        // SAFETY: the window lies in the identity-mapped MMIO hole and holds no Rust object;
+        // the aligned 32-bit read is an MMIO exit to the VMM.
+        unsafe { core::ptr::read_volatile((self.0 + u64::from(offset)) as *const u32) }
+    }
+
+    fn write(&self, offset: u32, value: u32) {
+        // SAFETY: as for `read`.
+        unsafe { core::ptr::write_volatile((self.0 + u64::from(offset)) as *mut u32, value) }
+    }
+}

@@ -1,8 +1,10 @@
 //! herd-probe binary. Built for `x86_64-unknown-none` it is the guest image: `entry` (boot
-//! assembly, page tables, PVH note), `guest` (the boot flow), `paging` and `end`. Built for the
+//! assembly, page tables, PVH note), `guest` (the boot flow), `paging`, `devices` (virtio) and `end`. Built for the
 //! host it only says what it is, so `cargo build --workspace` works.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+#[cfg(target_os = "none")]
+mod devices;
 #[cfg(target_os = "none")]
 mod end;
 #[cfg(target_os = "none")]

@@ -122,6 +122,24 @@ pub fn echo(s: &mut impl Sink, line: &[u8]) {
     s.put(b'\n');
 }
 
+/// `probe: rng bytes=N distinct=D` or `probe: rng error <why>`.
+pub fn rng(s: &mut impl Sink, result: Result<(u32, u32), &str>) {
+    start(s, b"rng ");
+    match result {
+        Ok((n, distinct)) => {
+            s.put_bytes(b"bytes=");
+            s.put_dec(u64::from(n));
+            s.put_bytes(b" distinct=");
+            s.put_dec(u64::from(distinct));
+        }
+        Err(why) => {
+            s.put_bytes(b"error ");
+            s.put_bytes(why.as_bytes());
+        }
+    }
+    s.put(b'\n');
+}
+
 /// `probe: done exit=N`.
 pub fn done(s: &mut impl Sink, exit: u8) {
     start(s, b"done exit=");
@@ -174,6 +192,12 @@ mod tests {
         assert_eq!(text(|s| memcheck(s, Some((0x800_0000, false)))), want);
         assert_eq!(text(|s| echo(s, b"hi there")), "probe: echo=hi there\n");
         assert_eq!(text(|s| done(s, 7)), "probe: done exit=7\n");
+        let want = "probe: rng bytes=4096 distinct=256\n";
+        assert_eq!(text(|s| rng(s, Ok((4096, 256)))), want);
+        assert_eq!(
+            text(|s| rng(s, Err("timeout"))),
+            "probe: rng error timeout\n"
+        );
     }
 
     #[test]

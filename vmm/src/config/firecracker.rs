@@ -19,7 +19,7 @@ struct FirecrackerConfig {
     drives: Option<Vec<Value>>,
     network_interfaces: Option<Vec<Value>>,
     vsock: Option<Value>,
-    entropy: Option<Value>,
+    entropy: Option<Entropy>,
     balloon: Option<Value>,
     logger: Option<Value>,
     metrics: Option<Value>,
@@ -50,6 +50,13 @@ struct MachineConfig {
     cpu_template: Option<String>,
 }
 
+/// Firecracker's `entropy` section: a virtio-rng device, optionally rate-limited.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entropy {
+    rate_limiter: Option<Value>,
+}
+
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 enum HugePages {
     None,
@@ -76,6 +83,7 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
         memory_mib: machine.as_ref().map(|m| m.mem_size_mib),
         console_log: None,
         stop_grace_ms: None,
+        entropy: parsed.entropy.is_some(),
     })
 }
 
@@ -111,7 +119,6 @@ fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), Config
     }
     let sections = [
         ("vsock", &cfg.vsock),
-        ("entropy", &cfg.entropy),
         ("balloon", &cfg.balloon),
         ("logger", &cfg.logger),
         ("metrics", &cfg.metrics),
@@ -125,6 +132,11 @@ fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), Config
         .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
     {
         return Err(unsupported(file, name, not_yet));
+    }
+    let limiter = cfg.entropy.as_ref().and_then(|e| e.rate_limiter.as_ref());
+    if limiter.is_some_and(|v| !v.is_null()) {
+        let why = "rate limiters are not supported yet";
+        return Err(unsupported(file, "entropy.rate_limiter", why));
     }
     if let Some(m) = &cfg.machine_config {
         if m.smt {
@@ -236,6 +248,24 @@ mod tests {
         assert!(
             matches!(&err, ConfigError::Unsupported { field, .. } if field == "machine-config.smt")
         );
+    }
+
+    #[test]
+    fn entropy_section_adds_a_device_but_a_rate_limiter_is_refused() {
+        let boot = r#""boot-source": {"kernel_image_path": "k"}"#;
+        let raw = parse(&format!("{{{boot}, \"entropy\": {{}}}}")).unwrap();
+        assert!(raw.entropy);
+        assert!(!parse(&format!("{{{boot}}}")).unwrap().entropy);
+        let limited = format!(
+            r#"{{{boot}, "entropy": {{"rate_limiter": {{"bandwidth": {{"size": 1, "refill_time": 100}}}}}}}}"#
+        );
+        let err = parse(&limited).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unsupported { field, .. } if field == "entropy.rate_limiter"),
+            "{err}"
+        );
+        let err = parse(&format!(r#"{{{boot}, "entropy": {{"bogus": 1}}}}"#)).unwrap_err();
+        assert!(matches!(&err, ConfigError::Field { .. }), "{err}");
     }
 
     #[test]

@@ -126,6 +126,15 @@ impl KernelCmdline {
         Ok(Self(s.to_owned()))
     }
 
+    /// This command line with `words` appended (device announcements), checked again.
+    pub fn with_words(&self, words: &str) -> Result<Self, ConfigError> {
+        match (self.0.is_empty(), words.is_empty()) {
+            (_, true) => Ok(self.clone()),
+            (true, false) => Self::new(words),
+            (false, false) => Self::new(&format!("{} {words}", self.0)),
+        }
+    }
+
     /// The command line.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -157,6 +166,8 @@ pub struct VmConfig {
     /// On SIGTERM/SIGINT, how long the guest gets to stop on its own after a stop request on
     /// the control port; `None` stops at once.
     pub stop_grace: Option<Duration>,
+    /// A virtio-rng device fed from the host's getrandom.
+    pub entropy: bool,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -169,6 +180,7 @@ pub struct RawVmConfig {
     pub memory_mib: Option<u64>,
     pub console_log: Option<PathBuf>,
     pub stop_grace_ms: Option<u64>,
+    pub entropy: bool,
 }
 
 /// vCPUs when none are asked for.
@@ -191,6 +203,7 @@ impl RawVmConfig {
                 None => ConsoleOutput::Stdout,
             },
             stop_grace: self.stop_grace_ms.map(Duration::from_millis),
+            entropy: self.entropy,
         })
     }
 }
@@ -289,5 +302,21 @@ mod tests {
         }
         .validate(HOST);
         assert!(matches!(nul, Err(ConfigError::CmdlineNul)));
+    }
+
+    #[test]
+    fn device_words_are_appended_and_length_checked_again() {
+        let line = KernelCmdline::new("console=ttyS0").unwrap();
+        let dev = "virtio_mmio.device=4K@0xc0001000:5";
+        let want = format!("console=ttyS0 {dev}");
+        assert_eq!(line.with_words(dev).unwrap().as_str(), want);
+        assert_eq!(line.with_words("").unwrap(), line);
+        let empty = KernelCmdline::new("").unwrap();
+        assert_eq!(empty.with_words(dev).unwrap().as_str(), dev);
+        let long = KernelCmdline::new(&"a".repeat(MAX_CMDLINE_LEN - 10)).unwrap();
+        assert!(matches!(
+            long.with_words(dev),
+            Err(ConfigError::CmdlineTooLong(_))
+        ));
     }
 }

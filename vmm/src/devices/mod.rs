@@ -1,4 +1,5 @@
-//! Devices the guest talks to. `legacy/` holds the PC devices a microVM still needs; virtio
-//! devices arrive with their own directories.
+//! Devices the guest talks to. `legacy/` holds the PC devices a microVM still needs;
+//! `virtio/` the virtio-mmio transport and the virtio devices behind it.
 
 pub mod legacy;
+pub mod virtio;

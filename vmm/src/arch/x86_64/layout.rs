@@ -27,6 +27,12 @@ pub const MMIO_HOLE_END: u64 = 1 << 32;
 pub const BOOT_TIMER_ADDR: u64 = MMIO_HOLE_START;
 /// First virtio-mmio window; each device gets 4 KiB.
 pub const VIRTIO_MMIO_START: u64 = MMIO_HOLE_START + 0x1000;
+/// Size of one virtio-mmio window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The first virtio device's IOAPIC line; later devices take the next ones.
+pub const VIRTIO_FIRST_GSI: u32 = 5;
+/// The last IOAPIC line a virtio device may take.
+pub const VIRTIO_LAST_GSI: u32 = IOAPIC_PINS as u32 - 1;
 /// IOAPIC registers (in-kernel irqchip).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Local APIC registers (in-kernel irqchip).

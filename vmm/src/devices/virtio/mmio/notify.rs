@@ -1,0 +1,47 @@
+//! Queue notifications on the event loop: one ioeventfd per queue (KVM signals it when the
+//! guest writes the queue's index to `QueueNotify`, without a trip through the vCPU thread),
+//! watched here, turned into [`MmioTransport::process_queue_notification`] calls.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::MmioTransport;
+use crate::bus::lock;
+
+/// Watches one device's queue ioeventfds; the event data is the queue index.
+pub struct QueueNotifier {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_events: Vec<EventFd>,
+}
+
+impl QueueNotifier {
+    /// Watches `queue_events[i]` for queue `i` of `transport`.
+    pub fn new(transport: Arc<Mutex<MmioTransport>>, queue_events: Vec<EventFd>) -> Self {
+        Self {
+            transport,
+            queue_events,
+        }
+    }
+}
+
+impl MutEventSubscriber for QueueNotifier {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                // Without it the device never sees requests; fail loudly at start.
+                panic!("cannot watch virtio queue {i}: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data();
+        if let Some(evt) = self.queue_events.get(index as usize) {
+            // The count does not matter: the device drains everything the guest made available.
+            let _ = evt.read();
+            lock(&self.transport).process_queue_notification(index);
+        }
+    }
+}
