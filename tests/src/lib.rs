@@ -4,5 +4,6 @@
 //! [`image`] is the ELF/bzImage plumbing that made them.
 
 pub mod image;
+pub mod netns;
 pub mod probe;
 pub mod vm;

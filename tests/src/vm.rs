@@ -111,6 +111,7 @@ impl Finished {
 /// A guest boot to run through herd-vmm.
 #[derive(Debug, Clone)]
 pub struct TestVm {
+    wrapper: Vec<OsString>,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
@@ -120,6 +121,7 @@ impl TestVm {
     /// Boots `kernel` with no other flags.
     pub fn kernel(kernel: &Path) -> Self {
         Self {
+            wrapper: Vec::new(),
             args: vec!["--kernel".into(), kernel.into()],
             stdin: None,
             timeout: Duration::from_secs(30),
@@ -139,6 +141,7 @@ impl TestVm {
     /// herd-vmm with exactly these arguments.
     pub fn raw(args: &[&str]) -> Self {
         Self {
+            wrapper: Vec::new(),
             args: args.iter().map(OsString::from).collect(),
             stdin: None,
             timeout: Duration::from_secs(30),
@@ -148,6 +151,12 @@ impl TestVm {
     /// Adds flags.
     pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs herd-vmm through `wrapper` (e.g. `ip netns exec NS`), which must exec it.
+    pub fn within<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, wrapper: I) -> Self {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
         self
     }
 
@@ -170,7 +179,14 @@ impl TestVm {
 
     /// Starts herd-vmm without waiting.
     pub fn spawn(&self) -> Running {
-        let mut cmd = Command::new(herd_vmm_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(herd_vmm_bin());
+                cmd
+            }
+            None => Command::new(herd_vmm_bin()),
+        };
         cmd.args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

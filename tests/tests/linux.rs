@@ -1,6 +1,6 @@
 //! Linux guest smoke tests: our guest kernel (guest-kernel/) boots under herd-vmm with the
 //! memory, CPUs and command line it was given, through PVH (vmlinux) and the 64-bit boot
-//! protocol (bzImage).
+//! protocol (bzImage), and finds the partition on a virtio-blk disk it is given.
 //!
 //! On PVM hosts the kernel runs in KVM's instruction emulator: it needs a few CPU features
 //! hidden (`clearcpuid`, `noxsave`), takes 30-40 s to reach `Run /init`, and its first system
@@ -73,13 +73,30 @@ fn boot_linux(test: &str, image: &str) -> Option<(Finished, String)> {
         return None;
     };
     let line = cmdline();
+    let disks = tempfile::tempdir().expect("tempdir");
+    let disk = mbr_disk(disks.path());
     let vm = TestVm::kernel(&dir.join(image))
         .args(["--vcpus", "2", "--memory", "256"])
         .args(["--initrd".as_ref(), initrd.as_os_str()])
+        .args(["--disk", &format!("{},ro", disk.display())])
         .cmdline(&line)
         .timeout(Duration::from_secs(300))
         .run();
     Some((vm, line))
+}
+
+/// A 1 MiB disk image with an MBR partition table holding one Linux partition (sectors 64 to
+/// 1087), which the kernel should find as `vda1`.
+fn mbr_disk(dir: &Path) -> PathBuf {
+    let mut img = vec![0u8; 1 << 20];
+    let entry = &mut img[446..462];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&64u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&1024u32.to_le_bytes());
+    img[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let path = dir.join("mbr.img");
+    std::fs::write(&path, img).expect("write disk image");
+    path
 }
 
 fn assert_kernel_saw_its_machine(vm: &Finished, cmdline: &str) {
@@ -105,6 +122,11 @@ fn assert_kernel_saw_its_machine(vm: &Finished, cmdline: &str) {
         (250 * 1024..=256 * 1024).contains(&total_k),
         "kernel saw {total_k}K of 256 MiB: {mem}"
     );
+    assert!(
+        out.contains("virtio_blk virtio0: [vda]"),
+        "virtio-blk disk not found: {out}"
+    );
+    assert!(out.contains("vda: vda1"), "partition table not read: {out}");
     assert!(
         out.contains("Run /init as init process"),
         "did not reach init: {out}"

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd_vmm::config::{ConfigError, RawVmConfig, VmConfig, read_config_file};
+use herd_vmm::config::{
+    ConfigError, DriveConfig, RawVmConfig, VmConfig, parse_net_flag, read_config_file,
+};
 use herd_vmm::devices::legacy::BootClock;
 use herd_vmm::stop::StopReason;
 use herd_vmm::vmm::{Vmm, exit_code};
@@ -33,13 +35,27 @@ struct Cli {
     /// Guest memory in MiB, at least 32 [default: 128].
     #[arg(long, value_name = "MIB", conflicts_with = "config_file")]
     memory: Option<u64>,
-    /// Firecracker-style JSON config (`boot-source`, `machine-config`, `entropy`).
+    /// Firecracker-style JSON config (`boot-source`, `machine-config`, `drives`, `entropy`,
+    /// `network-interfaces`).
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
     config_file: Option<PathBuf>,
     /// Give the guest a virtio-rng device (virtio-mmio, announced on its command line) fed
     /// from the host's getrandom.
     #[arg(long, conflicts_with = "config_file")]
     entropy: bool,
+    /// Give the guest a virtio-net device on the existing host TAP interface `TAP` (herd-vmm
+    /// attaches, it does not create one), optionally with this MAC; repeat for more.
+    #[arg(long, value_name = "TAP[,mac=MAC]", conflicts_with = "config_file")]
+    net: Vec<String>,
+    /// Give the guest a virtio-blk device backed by this file or block device; `ro` makes it
+    /// read-only, `root` adds `root=/dev/vda rw|ro` to the command line, `id=` names it
+    /// [default: disk0, disk1, ...]. Guest flushes sync the file. Repeat for more disks.
+    #[arg(
+        long,
+        value_name = "PATH[,ro][,root][,id=NAME]",
+        conflicts_with = "config_file"
+    )]
+    disk: Vec<String>,
     /// Write the guest console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
@@ -59,6 +75,12 @@ SIGINT/SIGTERM; 64 bad usage, 65 unusable input file, 66 missing file, 69 no usa
 70 internal error, 77 permission denied, 80 guest crashed (see docs/guest-interface.md).";
 
 fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
+    let drives = cli
+        .disk
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DriveConfig::from_flag(d, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut raw = match &cli.config_file {
         Some(path) => read_config_file(path)?,
         None => RawVmConfig {
@@ -70,6 +92,13 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
             console_log: None,
             stop_grace_ms: None,
             entropy: cli.entropy,
+            net: cli
+                .net
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| parse_net_flag(i, spec))
+                .collect::<Result<_, _>>()?,
+            drives,
         },
     };
     raw.console_log = cli.console_log;

@@ -24,13 +24,16 @@ use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, COM2_BASE, ConsoleWriter};
 use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
 use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::attach::{self, AttachError, VirtioSlot};
 use crate::devices::virtio::mmio::notify::QueueNotifier;
+use crate::devices::virtio::net::{Net, NetSettings};
 use crate::devices::virtio::rng::Rng;
 use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
 use crate::sys::signal::forward_stop_signals;
+use crate::sys::tap::{Tap, TapError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
 use crate::vstate::vm::{Vm, VmError, open_kvm};
 
@@ -68,6 +71,19 @@ pub enum VmmError {
     Bus(#[from] BusError),
     #[error("kernel command line with the device announcements")]
     Cmdline(#[source] ConfigError),
+    #[error("network interface {iface}: TAP {tap}")]
+    Tap {
+        iface: String,
+        tap: String,
+        #[source]
+        source: TapError,
+    },
+    #[error("drive {id}")]
+    Drive {
+        id: String,
+        #[source]
+        source: DiskError,
+    },
     #[error("cannot attach virtio device {0}")]
     Virtio(&'static str, #[source] AttachError),
     #[error(transparent)]
@@ -365,13 +381,35 @@ struct VirtioPlan {
 
 fn plan_virtio(config: &VmConfig) -> Result<VirtioPlan, VmmError> {
     let mut wanted: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
+    for d in &config.drives {
+        let disk =
+            Disk::open(&d.path, d.read_only, d.cache, &d.id).map_err(|source| VmmError::Drive {
+                id: d.id.clone(),
+                source,
+            })?;
+        wanted.push(("virtio-blk", Box::new(Block::new(disk))));
+    }
     if config.entropy {
         wanted.push(("virtio-rng", Box::new(Rng::new())));
     }
+    for net in &config.net {
+        let tap = Tap::open(&net.host_dev_name).map_err(|source| VmmError::Tap {
+            iface: net.iface_id.clone(),
+            tap: net.host_dev_name.clone(),
+            source,
+        })?;
+        let settings = NetSettings {
+            mac: net.guest_mac.map(|m| m.0),
+            mtu: net.mtu,
+        };
+        wanted.push(("virtio-net", Box::new(Net::new(Box::new(tap), settings))));
+    }
     let slots = attach::slots(wanted.len()).map_err(|e| VmmError::Virtio("devices", e))?;
+    let root = crate::config::drive::root_words(&config.drives);
     let cmdline = config
         .cmdline
-        .with_words(&attach::cmdline_words(&slots))
+        .with_words(&root)
+        .and_then(|c| c.with_words(&attach::cmdline_words(&slots)))
         .map_err(VmmError::Cmdline)?;
     let devices = wanted
         .into_iter()
@@ -447,12 +485,25 @@ impl VmmError {
             VmmError::OpenFile { source, .. } | VmmError::ConsoleLog { source, .. } => {
                 io_code(source)
             }
-            VmmError::NotAFile { .. } | VmmError::Kernel { .. } | VmmError::Initrd { .. } => DATA,
+            VmmError::Drive {
+                source: DiskError::Open(_, e),
+                ..
+            } => io_code(e),
+            VmmError::NotAFile { .. }
+            | VmmError::Kernel { .. }
+            | VmmError::Initrd { .. }
+            | VmmError::Drive { .. } => DATA,
             VmmError::Cmdline(_) | VmmError::Virtio(_, AttachError::TooMany(_)) => USAGE,
             VmmError::Vm(
                 VmError::KvmMissing(_) | VmError::MissingCap(_) | VmError::TooManyVcpus { .. },
             ) => UNAVAILABLE,
             VmmError::Vm(VmError::KvmAccess(_)) => NO_PERM,
+            VmmError::Tap { source, .. } => match source {
+                TapError::Missing => NO_INPUT,
+                TapError::Busy(_) => UNAVAILABLE,
+                TapError::OpenTun(e) | TapError::SetIff(e) => io_code(e),
+                _ => DATA,
+            },
             _ => SOFTWARE,
         }
     }

@@ -2,11 +2,14 @@
 //! `probe.end=exit|reboot|halt|triple-fault|echo|control|panic`
 //! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises); the virtio
 //! devices herd-vmm announces (`virtio_mmio.device=4K@0x..:N`), `probe.rng=N` (read N bytes
-//! from the entropy device) and `probe.rng.hostile=outside|loop` (send a hostile request).
+//! from the entropy device) and `probe.rng.hostile=outside|loop` (send a hostile request);
+//! `probe.net.tx=N` (send N test frames) and `probe.net.rx=N` (wait for N test frames);
+//! `probe.blk.write=`, `probe.blk.flush` and `probe.blk.read=` (see `virtio::blk`).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
 //! understand (and values we cannot parse) are ignored.
 
+use crate::virtio::blk::BlkOptions;
 use crate::virtio::{Hostile, MAX_DEVICES, parse_device};
 
 /// How the probe ends after its report.
@@ -56,10 +59,16 @@ pub struct Options {
     pub rng: u32,
     /// How the entropy request is built.
     pub rng_hostile: Hostile,
+    /// Test frames to send on the network device (0: none).
+    pub net_tx: u32,
+    /// Test frames to wait for on the network device (0: none).
+    pub net_rx: u32,
     /// Base addresses of the announced virtio-mmio windows, in order.
     pub virtio: [u64; MAX_DEVICES],
     /// How many of `virtio` are set.
     pub virtio_count: usize,
+    /// What to do with block devices.
+    pub blk: BlkOptions,
 }
 
 impl Default for Options {
@@ -70,8 +79,11 @@ impl Default for Options {
             fault: Fault::Ud2,
             rng: 0,
             rng_hostile: Hostile::No,
+            net_tx: 0,
+            net_rx: 0,
             virtio: [0; MAX_DEVICES],
             virtio_count: 0,
+            blk: BlkOptions::default(),
         }
     }
 }
@@ -80,16 +92,23 @@ impl Default for Options {
 pub fn parse(cmdline: &[u8]) -> Options {
     let mut opts = Options::default();
     for word in cmdline.split(|b| b.is_ascii_whitespace()) {
-        let Some(eq) = word.iter().position(|&b| b == b'=') else {
+        let eq = word.iter().position(|&b| b == b'=').unwrap_or(word.len());
+        let value = word.get(eq + 1..).unwrap_or_default();
+        if let Some(key) = word[..eq].strip_prefix(b"probe.blk.") {
+            opts.blk.word(key, value);
             continue;
-        };
-        let value = &word[eq + 1..];
+        }
+        if eq == word.len() {
+            continue;
+        }
         match &word[..eq] {
             b"exit" => opts.exit = parse_u8(value).unwrap_or(opts.exit),
             b"probe.end" => opts.end = parse_end(value).unwrap_or(opts.end),
             b"probe.fault" => opts.fault = parse_fault(value).unwrap_or(opts.fault),
             b"probe.rng" => opts.rng = parse_u32(value).unwrap_or(opts.rng),
             b"probe.rng.hostile" => opts.rng_hostile = parse_hostile(value),
+            b"probe.net.tx" => opts.net_tx = parse_u32(value).unwrap_or(opts.net_tx),
+            b"probe.net.rx" => opts.net_rx = parse_u32(value).unwrap_or(opts.net_rx),
             b"virtio_mmio.device" => add_device(&mut opts, value),
             _ => {}
         }
@@ -243,6 +262,8 @@ mod tests {
             Hostile::Outside
         );
         assert_eq!(parse(b"probe.rng=x1").rng, 0);
+        let o = parse(b"probe.net.tx=3 probe.net.rx=2");
+        assert_eq!((o.net_tx, o.net_rx), (3, 2));
         let many = b"virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 \
             virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000";
         assert_eq!(parse(many).virtio_count, MAX_DEVICES);

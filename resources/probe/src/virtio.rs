@@ -93,6 +93,12 @@ impl<R: Regs> Device<R> {
 
     /// Resets the device and negotiates VERSION_1 and no other feature.
     pub fn negotiate(&self) -> Result<(), &'static str> {
+        self.negotiate_features(0)
+    }
+
+    /// Resets the device and negotiates VERSION_1 plus those of `low` (feature bits 0-31)
+    /// the device offers.
+    pub fn negotiate_features(&self, low: u32) -> Result<(), &'static str> {
         let r = &self.regs;
         r.write(reg::STATUS, 0);
         r.write(reg::STATUS, ACKNOWLEDGE | DRIVER);
@@ -100,8 +106,14 @@ impl<R: Regs> Device<R> {
         if r.read(reg::DEVICE_FEATURES) & VERSION_1_HIGH == 0 {
             return Err("no-version-1");
         }
+        let low = if low == 0 {
+            0
+        } else {
+            r.write(reg::DEVICE_FEATURES_SEL, 0);
+            r.read(reg::DEVICE_FEATURES) & low
+        };
         r.write(reg::DRIVER_FEATURES_SEL, 0);
-        r.write(reg::DRIVER_FEATURES, 0);
+        r.write(reg::DRIVER_FEATURES, low);
         r.write(reg::DRIVER_FEATURES_SEL, 1);
         r.write(reg::DRIVER_FEATURES, VERSION_1_HIGH);
         r.write(reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
@@ -130,6 +142,11 @@ impl<R: Regs> Device<R> {
         }
         r.write(reg::QUEUE_READY, 1);
         Ok(())
+    }
+
+    /// The 32-bit word at `offset` in the device's configuration space.
+    pub fn config(&self, offset: u32) -> u32 {
+        self.regs.read(0x100 + offset)
     }
 
     /// Sets DRIVER_OK: the device is live.
@@ -218,5 +235,7 @@ pub fn distinct(bytes: &[u8]) -> u32 {
     seen.iter().filter(|&&s| s).count() as u32
 }
 
+pub mod blk;
+pub mod net;
 #[cfg(test)]
 mod tests;

@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ConfigError, RawVmConfig};
+use super::drive::FirecrackerDrive;
+use super::{ConfigError, RawNetConfig, RawVmConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FirecrackerConfig {
     boot_source: BootSource,
     machine_config: Option<MachineConfig>,
-    drives: Option<Vec<Value>>,
-    network_interfaces: Option<Vec<Value>>,
+    drives: Option<Vec<FirecrackerDrive>>,
+    network_interfaces: Option<Vec<NetworkInterface>>,
     vsock: Option<Value>,
     entropy: Option<Entropy>,
     balloon: Option<Value>,
@@ -50,6 +51,19 @@ struct MachineConfig {
     cpu_template: Option<String>,
 }
 
+/// One of Firecracker's `network-interfaces`: a virtio-net device on an existing TAP (`mtu` is
+/// ours; Firecracker has none).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkInterface {
+    iface_id: String,
+    host_dev_name: String,
+    guest_mac: Option<String>,
+    mtu: Option<u16>,
+    rx_rate_limiter: Option<Value>,
+    tx_rate_limiter: Option<Value>,
+}
+
 /// Firecracker's `entropy` section: a virtio-rng device, optionally rate-limited.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +88,12 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
             source: e.into_inner(),
         })?;
     reject_unsupported(&parsed, file)?;
+    let drives = parsed.drives.into_iter().flatten();
+    let drives = drives
+        .map(FirecrackerDrive::into_config)
+        .collect::<Result<_, _>>()?;
     let machine = parsed.machine_config;
+    let net = parsed.network_interfaces.unwrap_or_default();
     Ok(RawVmConfig {
         kernel: parsed.boot_source.kernel_image_path,
         initrds: parsed.boot_source.initrd_path.into_iter().collect(),
@@ -84,7 +103,18 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
         console_log: None,
         stop_grace_ms: None,
         entropy: parsed.entropy.is_some(),
+        net: net.into_iter().map(raw_net).collect(),
+        drives,
     })
+}
+
+fn raw_net(n: NetworkInterface) -> RawNetConfig {
+    RawNetConfig {
+        iface_id: n.iface_id,
+        host_dev_name: n.host_dev_name,
+        guest_mac: n.guest_mac,
+        mtu: n.mtu,
+    }
 }
 
 /// serde_path_to_error names the top level `.`; an unknown field at the top is more useful
@@ -106,17 +136,26 @@ fn unsupported(file: &Path, field: &str, why: &str) -> ConfigError {
     }
 }
 
-fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), ConfigError> {
-    let not_yet = "herd-vmm does not support this section yet";
-    let lists = [
-        ("drives", &cfg.drives),
-        ("network-interfaces", &cfg.network_interfaces),
-    ];
-    for (name, list) in lists {
-        if list.as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(unsupported(file, name, not_yet));
+fn reject_net_limiters(cfg: &FirecrackerConfig, file: &Path) -> Result<(), ConfigError> {
+    let nets = cfg.network_interfaces.iter().flatten().enumerate();
+    for (i, n) in nets {
+        for (name, limiter) in [("rx", &n.rx_rate_limiter), ("tx", &n.tx_rate_limiter)] {
+            if limiter.as_ref().is_some_and(|v| !v.is_null()) {
+                let field = format!("network-interfaces[{i}].{name}_rate_limiter");
+                return Err(unsupported(
+                    file,
+                    &field,
+                    "rate limiters are not supported yet",
+                ));
+            }
         }
     }
+    Ok(())
+}
+
+fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), ConfigError> {
+    let not_yet = "herd-vmm does not support this section yet";
+    reject_net_limiters(cfg, file)?;
     let sections = [
         ("vsock", &cfg.vsock),
         ("balloon", &cfg.balloon),
@@ -230,12 +269,6 @@ mod tests {
 
     #[test]
     fn sections_not_supported_yet_are_refused_by_name() {
-        let err = parse(
-            r#"{"boot-source": {"kernel_image_path": "k"},
-                "drives": [{"drive_id": "rootfs"}]}"#,
-        )
-        .unwrap_err();
-        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "drives"));
         let err =
             parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3}}"#)
                 .unwrap_err();
@@ -269,6 +302,50 @@ mod tests {
     }
 
     #[test]
+    fn network_interfaces_are_read_and_rate_limiters_or_unknown_fields_refused() {
+        let boot = r#""boot-source": {"kernel_image_path": "k"}"#;
+        let raw = parse(&format!(
+            r#"{{{boot}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0",
+                "guest_mac": "02:00:00:00:00:01", "mtu": 1400}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(raw.net[0].iface_id, "eth0");
+        assert_eq!(raw.net[0].host_dev_name, "tap0");
+        assert_eq!(raw.net[0].mtu, Some(1400));
+        let cfg = raw.validate(1024).unwrap();
+        assert_eq!(
+            cfg.net[0].guest_mac.unwrap().to_string(),
+            "02:00:00:00:00:01"
+        );
+        let limited = format!(
+            r#"{{{boot}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "t",
+                "tx_rate_limiter": {{"ops": {{"size": 1, "refill_time": 100}}}}}}]}}"#
+        );
+        let err = parse(&limited).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unsupported { field, .. }
+                if field == "network-interfaces[0].tx_rate_limiter"),
+            "{err}"
+        );
+        let unknown = format!(
+            r#"{{{boot}, "network-interfaces": [{{"iface_id": "e", "host_dev_name": "t",
+                "allow_mmds_requests": true}}]}}"#
+        );
+        let err = parse(&unknown).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Field { field, source, .. }
+                if field.starts_with("network-interfaces") && source.to_string().contains("allow_mmds_requests")),
+            "{err:?}"
+        );
+        let bad_mac = format!(
+            r#"{{{boot}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "t",
+                "guest_mac": "nope"}}]}}"#
+        );
+        let err = parse(&bad_mac).unwrap().validate(1024).unwrap_err();
+        assert!(err.to_string().contains("eth0"), "{err}");
+    }
+
+    #[test]
     fn values_are_validated_after_parsing() {
         let raw = parse(
             r#"{"boot-source": {"kernel_image_path": "k"},
@@ -279,5 +356,35 @@ mod tests {
             raw.validate(1024),
             Err(ConfigError::VcpuCount(64))
         ));
+    }
+
+    #[test]
+    fn drives_become_devices_and_unsupported_fields_are_refused_by_name() {
+        let boot = r#""boot-source": {"kernel_image_path": "k"}"#;
+        let drive = |extra: &str| {
+            format!(
+                r#"{{{boot}, "drives": [{{"drive_id": "rootfs", "path_on_host": "r.ext4",
+                    "is_root_device": true, "is_read_only": true{extra}}}]}}"#
+            )
+        };
+        let raw = parse(&drive(
+            r#", "cache_type": "Writeback", "io_engine": "Sync""#,
+        ))
+        .unwrap();
+        let d = &raw.drives[0];
+        assert_eq!((d.id.as_str(), d.root, d.read_only), ("rootfs", true, true));
+        assert_eq!(d.cache, super::super::drive::CacheMode::Writeback);
+        let err = parse(&drive(r#", "io_engine": "Async""#)).unwrap_err();
+        assert!(
+            err.to_string().contains("drive rootfs: field `io_engine`"),
+            "{err}"
+        );
+        let err = parse(&drive(r#", "rate_limiter": {}"#)).unwrap_err();
+        assert!(err.to_string().contains("`rate_limiter`"), "{err}");
+        let err = parse(&drive(r#", "bogus": 1"#)).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Field { field, .. } if field == "drives[0].bogus"),
+            "{err:?}"
+        );
     }
 }

@@ -5,13 +5,17 @@
 //! count and memory size are in range, the command line fits the guest's buffer. Whether the
 //! files exist and are kernels is checked when they are opened, where the error can name them.
 
+pub mod drive;
 mod firecracker;
+mod net;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use drive::{DriveConfig, DriveError};
 pub use firecracker::parse_firecracker_config;
+pub use net::{MacAddr, NetConfig, NetConfigError, RawNetConfig, parse_net_flag, validate_net};
 
 /// Fewest vCPUs a microVM can have.
 pub const MIN_VCPUS: u8 = 1;
@@ -47,6 +51,10 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
     #[error("config file {file}: field `{field}`: {why}")]
     Unsupported {
         file: PathBuf,
@@ -168,6 +176,10 @@ pub struct VmConfig {
     pub stop_grace: Option<Duration>,
     /// A virtio-rng device fed from the host's getrandom.
     pub entropy: bool,
+    /// virtio-net devices, each on an existing host TAP.
+    pub net: Vec<NetConfig>,
+    /// virtio-blk devices, the root device (if any) first.
+    pub drives: Vec<DriveConfig>,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -181,6 +193,8 @@ pub struct RawVmConfig {
     pub console_log: Option<PathBuf>,
     pub stop_grace_ms: Option<u64>,
     pub entropy: bool,
+    pub net: Vec<RawNetConfig>,
+    pub drives: Vec<DriveConfig>,
 }
 
 /// vCPUs when none are asked for.
@@ -204,6 +218,8 @@ impl RawVmConfig {
             },
             stop_grace: self.stop_grace_ms.map(Duration::from_millis),
             entropy: self.entropy,
+            net: validate_net(self.net)?,
+            drives: drive::validate(self.drives)?,
         })
     }
 }

@@ -1,9 +1,10 @@
 //! The only home of raw system calls (`unsafe`): process clocks, signal delivery into the
-//! event loop, KVM memory-slot registration, and the host's entropy (`getrandom`).
+//! event loop, KVM memory-slot registration, the host's entropy (`getrandom`) and TAP devices.
 //! Everything above uses these safe wrappers.
 
 pub mod kvm;
 pub mod memory;
 pub mod random;
 pub mod signal;
+pub mod tap;
 pub mod time;

@@ -6,9 +6,12 @@
 //! (ioeventfds watched on the event loop) into [`VirtioDevice::process_queue`] calls and
 //! interrupts into irqfd writes, so device logic is tested with plain memory and queues.
 
+pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
@@ -44,6 +47,10 @@ pub mod interrupt {
 
 /// Device type ids (virtio 1.x §5).
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
 }
@@ -100,6 +107,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), VirtioError>;
     /// The guest notified queue `index`: process what it made available.
     fn process_queue(&mut self, index: usize) -> Result<(), VirtioError>;
+    /// Host-side fds the device waits on (e.g. a TAP), watched edge-triggered on the event
+    /// loop: after [`VirtioDevice::process_backend`] the device must have consumed until the fd
+    /// would block, or remember that more may be waiting.
+    fn backend_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Backend fd `index` of [`VirtioDevice::backend_fds`] became ready.
+    fn process_backend(&mut self, _index: usize) -> Result<(), VirtioError> {
+        Ok(())
+    }
     /// Forgets queues, memory and negotiated state (the guest wrote 0 to the status).
     fn reset(&mut self);
 }

@@ -326,6 +326,22 @@ impl MmioTransport {
         };
     }
 
+    /// The device's backend fds (see [`VirtioDevice::backend_fds`]).
+    pub fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.backend_fds()
+    }
+
+    /// Backend fd `index` is ready; ignored until the device is live (the device picks up
+    /// what waits when the guest first notifies).
+    pub fn process_backend_event(&mut self, index: usize) {
+        if !self.state.activated || self.has(status::DEVICE_NEEDS_RESET) {
+            return;
+        }
+        if let Err(e) = self.device.process_backend(index) {
+            self.needs_reset(&e.to_string());
+        }
+    }
+
     /// The guest notified queue `index` (ioeventfd or a `QueueNotify` write).
     pub fn process_queue_notification(&mut self, index: u32) {
         if !self.state.activated || self.has(status::DEVICE_NEEDS_RESET) {

@@ -1,0 +1,353 @@
+//! virtio-net (device type 1): a receive queue (0) and a transmit queue (1), frames moved to
+//! and from a [`Backend`] (a TAP in production, a fake in tests). Features: `VERSION_1`, `MAC`
+//! when a MAC address is configured and `MTU` when an MTU is; no offloads (no checksum or
+//! segmentation offload, no mergeable receive buffers, no control queue).
+//!
+//! Receive: a frame is only read from the backend when the guest has posted a buffer, so
+//! frames wait in the TAP's kernel queue (and the kernel drops them when it overflows) while
+//! the guest is slow. The backend fd is watched edge-triggered: after a readiness event the
+//! device reads until the backend would block or the guest runs out of buffers, and a receive
+//! queue notification (new buffers) resumes it. A frame too large for the guest's buffers is
+//! dropped and counted; the buffers stay available for the next frame.
+//!
+//! Hostile guests: a chain that loops, is longer than the queue, points outside guest memory
+//! or has a descriptor of the wrong direction is completed with 0 bytes and counted (on
+//! receive the frame is kept for the next chain); an oversized transmit chain is dropped
+//! unread; a broken queue is reported to the transport (`DEVICE_NEEDS_RESET`). The VMM goes on.
+
+mod chain;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+
+use virtio_queue::QueueOwnedT;
+use vm_memory::GuestMemoryMmap;
+
+use super::{
+    InterruptSignal, Queue, QueueFault, QueueT, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError,
+    device_type,
+};
+use crate::logging::RateLimit;
+use crate::sys::tap::Tap;
+pub use chain::{MAX_FRAME_LEN, VNET_HDR_LEN};
+
+/// Entries in each queue.
+pub const NET_QUEUE_SIZE: u16 = 256;
+/// Feature bit: the device reports its maximum MTU in configuration space.
+pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// Feature bit: the device has a MAC address in configuration space.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// Why a frame or chain was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("descriptor chain loops, is longer than the queue or has a bad index")]
+    BadChain,
+    #[error("descriptor at {0:#x} has the wrong direction for its queue")]
+    WrongDirection(u64),
+    #[error("buffer at {addr:#x}+{len:#x} is outside guest memory")]
+    OutsideMemory { addr: u64, len: u32 },
+    #[error("transmit chain of at least {0} bytes is over the {MAX_FRAME_LEN}-byte limit")]
+    TooBig(usize),
+    #[error("{0} bytes cannot hold a virtio-net header")]
+    NoHeader(usize),
+    #[error("a {frame}-byte frame does not fit the guest's {room}-byte buffers")]
+    TooSmall { frame: usize, room: usize },
+    #[error("cannot access guest memory")]
+    Memory(#[source] vm_memory::GuestMemoryError),
+    #[error("backend")]
+    Backend(#[source] io::Error),
+}
+
+/// Where frames go to and come from. Frames carry the 12-byte `virtio_net_hdr_v1` in front.
+pub trait Backend: Send {
+    /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Sends one frame.
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// The fd to watch for readable frames (edge-triggered), if any.
+    fn ready_fd(&self) -> Option<RawFd>;
+}
+
+impl Backend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Tap::read_frame(self, buf)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        Tap::write_frame(self, frame).map(|_| ())
+    }
+
+    fn ready_fd(&self) -> Option<RawFd> {
+        Some(self.as_fd().as_raw_fd())
+    }
+}
+
+/// Frame counters (what a metrics endpoint would show).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub rx_frames: u64,
+    /// Frames dropped: too large for the guest's buffers, or without a header.
+    pub rx_dropped: u64,
+    /// Receive chains completed with 0 bytes because they were hostile.
+    pub rx_bad_chains: u64,
+    pub tx_frames: u64,
+    /// Transmit chains dropped: hostile, oversized or without a header.
+    pub tx_dropped: u64,
+    /// Frames the backend refused.
+    pub tx_errors: u64,
+}
+
+/// Device configuration: what the guest sees in configuration space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSettings {
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u16>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    irq: Arc<dyn InterruptSignal>,
+}
+
+/// Backend-side state, apart from the queues so both can be borrowed at once.
+struct Io {
+    backend: Box<dyn Backend>,
+    frame: Vec<u8>,
+    /// Length of a frame in `frame` read but not yet delivered.
+    pending: Option<usize>,
+    /// The backend may have frames (no `WouldBlock` since its last readiness event).
+    readable: bool,
+    tx_buf: Vec<u8>,
+    stats: NetStats,
+    log: RateLimit,
+}
+
+/// The network device.
+pub struct Net {
+    settings: NetSettings,
+    active: Option<Active>,
+    io: Io,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("settings", &self.settings)
+            .field("active", &self.active.is_some())
+            .field("stats", &self.io.stats)
+            .finish()
+    }
+}
+
+impl Net {
+    /// An inactive network device over `backend`.
+    pub fn new(backend: Box<dyn Backend>, settings: NetSettings) -> Self {
+        Self {
+            settings,
+            active: None,
+            io: Io {
+                backend,
+                frame: vec![0; MAX_FRAME_LEN],
+                pending: None,
+                readable: true,
+                tx_buf: Vec::new(),
+                stats: NetStats::default(),
+                log: RateLimit::new(5),
+            },
+        }
+    }
+
+    /// The frame counters.
+    pub fn stats(&self) -> NetStats {
+        self.io.stats
+    }
+
+    fn config_bytes(&self) -> [u8; 12] {
+        let mut c = [0u8; 12];
+        c[..6].copy_from_slice(&self.settings.mac.unwrap_or_default());
+        c[10..].copy_from_slice(&self.settings.mtu.unwrap_or(0).to_le_bytes());
+        c
+    }
+}
+
+impl Io {
+    fn warn(&self, what: &str, e: &NetError) {
+        if self.log.allow() {
+            tracing::warn!(device = "virtio-net", "{what}: {e}");
+        }
+    }
+
+    /// The frame to deliver next, reading one if none is pending; `None` when the backend
+    /// has nothing (or failed, which is logged).
+    fn next_frame(&mut self) -> Option<usize> {
+        if self.pending.is_none() {
+            match self.backend.read_frame(&mut self.frame) {
+                Ok(n) => self.pending = Some(n),
+                Err(e) => {
+                    self.readable = false;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.warn("cannot read a frame", &NetError::Backend(e));
+                    }
+                }
+            }
+        }
+        self.pending
+    }
+
+    /// Delivers frames while the backend has some and the guest has buffers.
+    fn receive(&mut self, a: &mut Active) -> Result<bool, QueueFault> {
+        let mut used = false;
+        while self.pending.is_some() || self.readable {
+            let Some(chain) = a.rx.iter(&a.mem).map_err(QueueFault)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let bufs = match chain::checked_buffers(&a.mem, chain, true, usize::MAX) {
+                Ok(bufs) => bufs,
+                Err(e) => {
+                    self.warn("receive chain gets 0 bytes", &e);
+                    self.stats.rx_bad_chains += 1;
+                    a.rx.add_used(&a.mem, head, 0).map_err(QueueFault)?;
+                    used = true;
+                    continue;
+                }
+            };
+            let Some(len) = self.next_frame() else {
+                a.rx.go_to_previous_position();
+                break;
+            };
+            match chain::scatter_rx(&a.mem, &bufs, &mut self.frame[..len]) {
+                Ok(n) => {
+                    self.stats.rx_frames += 1;
+                    a.rx.add_used(&a.mem, head, n).map_err(QueueFault)?;
+                    used = true;
+                }
+                Err(e) => {
+                    self.warn("received frame dropped", &e);
+                    self.stats.rx_dropped += 1;
+                    a.rx.go_to_previous_position();
+                }
+            }
+            self.pending = None;
+        }
+        Ok(used)
+    }
+
+    /// Sends every available transmit chain.
+    fn transmit(&mut self, a: &mut Active) -> Result<bool, QueueFault> {
+        let mut used = false;
+        loop {
+            let Some(chain) = a.tx.iter(&a.mem).map_err(QueueFault)?.next() else {
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            match chain::gather_tx(&a.mem, chain, &mut self.tx_buf) {
+                Ok(len) => match self.backend.write_frame(&self.tx_buf[..len]) {
+                    Ok(()) => self.stats.tx_frames += 1,
+                    Err(e) => {
+                        self.stats.tx_errors += 1;
+                        self.warn("cannot send a frame", &NetError::Backend(e));
+                    }
+                },
+                Err(e) => {
+                    self.stats.tx_dropped += 1;
+                    self.warn("transmit chain dropped", &e);
+                }
+            }
+            a.tx.add_used(&a.mem, head, 0).map_err(QueueFault)?;
+            used = true;
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[NET_QUEUE_SIZE, NET_QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = 1 << VIRTIO_F_VERSION_1;
+        if self.settings.mac.is_some() {
+            f |= 1 << VIRTIO_NET_F_MAC;
+        }
+        if self.settings.mtu.is_some() {
+            f |= 1 << VIRTIO_NET_F_MTU;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let config = self.config_bytes();
+        let Some(from) = usize::try_from(offset).ok().filter(|&o| o < config.len()) else {
+            return;
+        };
+        let n = data.len().min(config.len() - from);
+        data[..n].copy_from_slice(&config[from..from + n]);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+        irq: Arc<dyn InterruptSignal>,
+    ) -> Result<(), VirtioError> {
+        let got = queues.len();
+        let [rx, tx]: [Queue; 2] = queues
+            .try_into()
+            .map_err(|_| VirtioError::QueueCount { expected: 2, got })?;
+        self.active = Some(Active { mem, rx, tx, irq });
+        self.io.readable = true;
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), VirtioError> {
+        let active = match self.active.as_mut() {
+            Some(a) if index == RX && a.rx.ready() => a,
+            Some(a) if index == TX && a.tx.ready() => a,
+            _ => return Err(VirtioError::NoSuchQueue(index)),
+        };
+        let used = match index {
+            RX => self.io.receive(active),
+            _ => self.io.transmit(active),
+        }
+        .map_err(|source| VirtioError::Queue { index, source })?;
+        if used {
+            active.irq.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        self.io.backend.ready_fd().into_iter().collect()
+    }
+
+    fn process_backend(&mut self, _index: usize) -> Result<(), VirtioError> {
+        self.io.readable = true;
+        match self.active.as_ref() {
+            Some(a) if a.rx.ready() => self.process_queue(RX),
+            // Not live yet: the frames wait until the guest posts buffers.
+            _ => Ok(()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.io.pending = None;
+    }
+}
