@@ -41,7 +41,7 @@ enum Command {
     /// Import the images of an OCI image layout tarball, verifying every blob.
     Load(LoadArgs),
     /// Boot an image in a microVM attached to the console.
-    Run(herd::run::RunArgs),
+    Run(Box<herd::run::RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Save(args) => cli::save(&home, args)?,
         Command::Load(args) => cli::load(&home, args)?,
         Command::Run(args) => {
-            let status = herd::run::execute(args, &home)?;
+            let status = herd::run::execute(*args, &home)?;
             return Ok(u8::try_from(status).unwrap_or(exit::SOFTWARE));
         }
     }

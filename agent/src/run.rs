@@ -3,6 +3,10 @@
 //! initramfs archive (docs/image-format.md). The image's files are booted in place and never
 //! change.
 //!
+//! Devices (`devices`): `--disk` files, `--net` TAP interfaces and `--vsock-socket` go to
+//! herd-vmm; a virtio-rng device is always attached (apps need entropy early); `--ip`,
+//! `--gateway` and `--dns` go into the instance configuration.
+//!
 //! Stopping: Ctrl-C in the terminal reaches herd-vmm directly (same process group), SIGTERM to
 //! `herd run` is forwarded to it; herd-vmm then asks the guest to stop on its control port and
 //! powers it off after the grace period (a second signal stops at once).
@@ -13,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use herd_proto::{INSTANCE_CONFIG_PATH, InstanceConfig, valid_env_name};
+
+pub mod devices;
+
+pub use devices::{DeviceError, Disk, Net};
 
 use crate::cpio::{Archive, CpioError};
 use crate::image::exit;
@@ -35,6 +43,26 @@ pub struct RunArgs {
     /// Memory in MiB (default: the image's).
     #[arg(long)]
     pub memory: Option<u32>,
+    /// Attach a disk (file or block device), `ro` for read-only; appears as /dev/vda, vdb, ...
+    /// in order (repeatable).
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub disk: Vec<String>,
+    /// Attach a network interface on the existing host TAP interface `TAP`, or on one herd
+    /// creates for this instance and removes afterwards (`auto`; it gets the --gateway address).
+    #[arg(long, value_name = "TAP|auto")]
+    pub net: Vec<String>,
+    /// The instance's address and prefix length on its first interface, e.g. `10.0.0.2/24`.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub ip: Option<String>,
+    /// Default route through this router (inside the --ip subnet).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<String>,
+    /// Name server for the instance's /etc/resolv.conf (repeatable, at most 3).
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Vec<String>,
+    /// Attach a virtio-vsock device (guest CID 3) whose host side is this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
     /// Seconds the app gets to exit after Ctrl-C or SIGTERM before the VM is powered off.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -68,6 +96,8 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Image(#[from] StoreError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// One `KEY=VALUE`, validated.
@@ -170,6 +200,12 @@ pub struct BootPlan {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub stop_grace_ms: u64,
+    /// Disks in guest order (`/dev/vda` first).
+    pub disks: Vec<Disk>,
+    /// TAP interface names, one virtio-net device each.
+    pub taps: Vec<String>,
+    /// herd-vmm's `--vsock` value, if any.
+    pub vsock: Option<std::ffi::OsString>,
 }
 
 impl BootPlan {
@@ -186,6 +222,16 @@ impl BootPlan {
             ("--stop-grace", self.stop_grace_ms.to_string()),
         ] {
             a.extend([flag.into(), value.into()]);
+        }
+        a.push("--entropy".into());
+        for disk in &self.disks {
+            a.extend(["--disk".into(), disk.vmm_flag()]);
+        }
+        for tap in &self.taps {
+            a.extend(["--net".into(), tap.into()]);
+        }
+        if let Some(vsock) = &self.vsock {
+            a.extend(["--vsock".into(), vsock.clone()]);
         }
         a
     }
@@ -220,10 +266,76 @@ pub fn boot(vmm: &Path, plan: &BootPlan) -> Result<ExitStatus, RunError> {
     status
 }
 
+/// The devices asked for on the command line, validated.
+#[derive(Debug)]
+struct Devices {
+    disks: Vec<Disk>,
+    taps: Vec<String>,
+    auto_taps: usize,
+    vsock: Option<std::ffi::OsString>,
+    network: Option<herd_proto::NetworkConfig>,
+}
+
+impl Devices {
+    fn from_args(args: &RunArgs) -> Result<Self, RunError> {
+        let disks = args
+            .disk
+            .iter()
+            .map(|d| Disk::parse(d))
+            .collect::<Result<_, _>>()?;
+        let (mut taps, mut auto_taps) = (Vec::new(), 0);
+        for flag in &args.net {
+            match Net::parse(flag)? {
+                Net::Tap(name) => taps.push(name),
+                Net::Auto => auto_taps += 1,
+            }
+        }
+        let network =
+            devices::network_config(args.ip.as_deref(), args.gateway.as_deref(), &args.dns)?;
+        let vsock = args
+            .vsock_socket
+            .as_deref()
+            .map(devices::vsock_flag)
+            .transpose()?;
+        Ok(Self {
+            disks,
+            taps,
+            auto_taps,
+            vsock,
+            network,
+        })
+    }
+
+    /// Creates the `--net auto` TAPs, named after the instance id's random part.
+    fn create_auto_taps(&self, instance_id: &str) -> Result<Vec<devices::AutoTap>, RunError> {
+        let suffix = instance_id.rsplit('-').next().unwrap_or_default();
+        let host = devices::host_address(self.network.as_ref());
+        let mut taps = Vec::new();
+        for i in 0..self.auto_taps {
+            let name = format!("herd{i}{}", &suffix[..suffix.len().min(8)]);
+            // Only the first interface carries the instance's network settings.
+            let address = if i == 0 { host.as_deref() } else { None };
+            taps.push(devices::AutoTap::create(&name, address)?);
+        }
+        Ok(taps)
+    }
+}
+
+/// The disks in guest order: the image's root filesystem first, read-only (it is
+/// `/dev/vda`, where `/herd/image.json` says it is), then the user's `--disk`s.
+pub fn with_rootfs(rootfs: Option<&Path>, user: Vec<Disk>) -> Vec<Disk> {
+    let rootfs = rootfs.map(|path| Disk {
+        path: path.to_owned(),
+        read_only: true,
+    });
+    rootfs.into_iter().chain(user).collect()
+}
+
 /// Runs `herd run` against the store in `home`; returns the status herd should exit with.
 pub fn execute(args: RunArgs, home: &Path) -> Result<i32, RunError> {
     // Validate what the user typed before touching the store or booting anything.
     let env = instance_env(&args.env_files, &args.env)?;
+    let devices = Devices::from_args(&args)?;
     let vmm = find_vmm()?;
     let image = Store::open(home).and_then(|s| s.resolve(&args.image))?;
     let instance_id = new_instance_id(&image.config.name);
@@ -232,12 +344,16 @@ pub fn execute(args: RunArgs, home: &Path) -> Result<i32, RunError> {
         instance_id,
         env,
         args: (!args.args.is_empty()).then_some(args.args),
+        network: devices.network.clone(),
     };
     let archive = write_archive(&instance_archive(&instance)?)?;
     let mut cmdline = image.config.kernel.cmdline.clone();
     if Path::new("/sys/module/kvm_pvm").exists() {
         cmdline = format!("{cmdline} {PVM_CMDLINE}");
     }
+    let auto_taps = devices.create_auto_taps(&instance.instance_id)?;
+    let mut taps = devices.taps;
+    taps.extend(auto_taps.iter().map(|t| t.name.clone()));
     let plan = BootPlan {
         kernel: image.kernel,
         initramfs: image.initramfs,
@@ -246,9 +362,16 @@ pub fn execute(args: RunArgs, home: &Path) -> Result<i32, RunError> {
         vcpus: args.vcpus.unwrap_or(image.config.vcpus),
         memory_mib: args.memory.unwrap_or(image.config.memory_mib),
         stop_grace_ms: args.stop_timeout.saturating_mul(1000),
+        disks: with_rootfs(
+            image.rootfs.as_ref().map(|(_, p)| p.as_path()),
+            devices.disks,
+        ),
+        taps,
+        vsock: devices.vsock,
     };
     let status = boot(&vmm, &plan)?;
     drop(archive);
+    drop(auto_taps);
     Ok(exit_code(status))
 }
 
@@ -257,6 +380,8 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::EnvFileLine { .. } | RunError::EnvArg(_) => exit::USAGE,
+            RunError::Device(DeviceError::Tap { .. }) => exit::SOFTWARE,
+            RunError::Device(_) => exit::USAGE,
             RunError::EnvFile(_, e) => exit::io_input(e),
             RunError::Image(e) => e.exit_code(),
             RunError::NoVmm => exit::NO_INPUT,
@@ -348,6 +473,15 @@ mod tests {
     }
 
     #[test]
+    fn the_rootfs_is_the_first_disk_and_read_only() {
+        let user = vec![Disk::parse("data").unwrap()];
+        let disks = with_rootfs(Some(Path::new("/store/blob")), user.clone());
+        assert_eq!(disks[0].vmm_flag(), "/store/blob,ro");
+        assert_eq!(disks[1..], user);
+        assert_eq!(with_rootfs(None, user.clone()), user);
+    }
+
+    #[test]
     fn vmm_args_boot_the_image_with_the_archive_appended() {
         let plan = BootPlan {
             kernel: "k".into(),
@@ -357,6 +491,12 @@ mod tests {
             vcpus: 2,
             memory_mib: 256,
             stop_grace_ms: 5000,
+            disks: vec![
+                Disk::parse("root.ext4,ro").unwrap(),
+                Disk::parse("data").unwrap(),
+            ],
+            taps: vec!["tap0".into()],
+            vsock: Some("3,/v.sock".into()),
         };
         let args: Vec<String> = plan
             .vmm_args()
@@ -379,7 +519,16 @@ mod tests {
                 "--memory",
                 "256",
                 "--stop-grace",
-                "5000"
+                "5000",
+                "--entropy",
+                "--disk",
+                "root.ext4,ro",
+                "--disk",
+                "data",
+                "--net",
+                "tap0",
+                "--vsock",
+                "3,/v.sock"
             ]
         );
     }

@@ -128,6 +128,7 @@ fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
         ]
         .into(),
         args: Some(vec!["a".into(), "b c".into()]),
+        network: None,
     };
     let initrd = home.path().join("initrd.cpio");
     combined_initrd(&initramfs, &instance, &initrd);
@@ -177,5 +178,114 @@ fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
         out.status.code(),
         Some((42 << 1) | 1),
         "the app's status reached port 0xf4:\n{console}"
+    );
+}
+
+#[test]
+fn rootfs_image_switches_root_to_its_ext4_disk_under_qemu_microvm() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    }
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        return skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
+    }
+    let Some(kernel) = kernel_dir() else {
+        return skip("guest kernel not built (guest-kernel/build.sh)");
+    };
+    let hello = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("hello");
+    assert!(
+        hello.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        hello.display()
+    );
+    let home = tempfile::tempdir().unwrap();
+    let vmlinux = kernel.join("vmlinux");
+    let build = [
+        "build",
+        "--binary",
+        hello.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--version",
+        "1",
+    ];
+    let rootfs = ["--rootfs", "ext4", "--kernel", vmlinux.to_str().unwrap()];
+    herd(home.path(), &[&build[..], &rootfs[..]].concat());
+    let inspect: serde_json::Value =
+        serde_json::from_str(&herd(home.path(), &["image", "inspect", "hello:1"])).unwrap();
+    let initramfs = PathBuf::from(inspect["initramfs"]["path"].as_str().unwrap());
+    let disk = inspect["rootfs"]["path"]
+        .as_str()
+        .expect("image has a rootfs layer")
+        .to_owned();
+    let instance = InstanceConfig {
+        instance_id: "hello-rootfs".into(),
+        hostname: "hello-rootfs".into(),
+        env: [("EXIT_STATUS".into(), "42".into())].into(),
+        args: Some(vec!["from-disk".into()]),
+        network: None,
+    };
+    let initrd = home.path().join("initrd.cpio");
+    combined_initrd(&initramfs, &instance, &initrd);
+    // microvm puts its virtio-mmio devices on the kernel command line itself, as herd-vmm does.
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-M",
+            "microvm,acpi=off,isa-serial=on,rtc=off",
+        ])
+        .args([
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args([
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x01",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={disk},format=raw,if=none,readonly=on"
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"])
+        .arg("-kernel")
+        .arg(&vmlinux)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            inspect["config"]["kernel"]["cmdline"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "hello from herd: 1 argument(s)",
+        "arg 0 from-disk",
+        "env EXIT_STATUS=42",
+    ] {
+        assert!(console.contains(line), "missing {line:?} in:\n{console}");
+    }
+    assert_eq!(
+        out.status.code(),
+        Some((42 << 1) | 1),
+        "status via port 0xf4:\n{console}"
     );
 }

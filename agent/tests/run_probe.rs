@@ -322,3 +322,162 @@ fn hello_app_prints_each_environment_and_exits_with_the_requested_status() {
         );
     }
 }
+
+/// `herd run`'s device flags: a read-only disk the probe reads, and the network settings in
+/// the instance configuration it reports. Entropy is always attached.
+#[test]
+fn run_attaches_disks_and_puts_the_network_settings_in_the_instance_config() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    probe_image_with(&herd, &probe, "console=ttyS0 probe.blk.read=0:1 exit=5");
+    let disk = herd.home.path().join("data.img");
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&disk, &bytes).unwrap();
+    let sum: u32 = bytes[..512].iter().map(|b| u32::from(*b)).sum();
+    let disk_flag = format!("{},ro", disk.display());
+    let out = herd.cmd(&[
+        "run",
+        "probe-app:1.0.0",
+        "--disk",
+        &disk_flag,
+        "--ip",
+        "10.0.0.2/24",
+        "--gateway",
+        "10.0.0.1",
+        "--dns",
+        "10.0.0.1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{stdout}");
+    assert!(stdout.contains("probe: blk capacity=8"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("probe: blk read sector=0 sum={sum:#x}")),
+        "{stdout}"
+    );
+    let cmdline = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("probe: cmdline="))
+        .unwrap();
+    assert_eq!(
+        cmdline.matches("virtio_mmio.device=").count(),
+        2,
+        "entropy and the disk: {cmdline}"
+    );
+    let cfg = instance_config(&stdout);
+    assert_eq!(
+        cfg["network"],
+        serde_json::json!({"address": "10.0.0.2/24", "gateway": "10.0.0.1", "dns": ["10.0.0.1"]})
+    );
+}
+
+#[test]
+fn run_refuses_bad_device_flags_without_booting() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    probe_image(&herd, &probe, 0);
+    for (args, needle) in [
+        (&["--ip", "10.0.0.2"][..], "prefix length"),
+        (
+            &["--ip", "10.0.0.2/24", "--gateway", "10.9.0.1"][..],
+            "inside",
+        ),
+        (&["--gateway", "10.0.0.1"][..], "need --ip"),
+        (&["--disk", "x,rw"][..], "--disk"),
+        (&["--net", "no such tap"][..], "--net"),
+    ] {
+        let mut all = vec!["run", "probe-app"];
+        all.extend_from_slice(args);
+        let out = herd.cmd(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("probe:"));
+    }
+}
+
+/// A network namespace of the test's own, deleted on drop: TAPs live and frames stay in it.
+struct Netns(String);
+
+impl Netns {
+    fn create(test: &str) -> Option<Self> {
+        let name = format!("herd-run-{}-{test}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("HERD-SKIP: {test}: cannot create a network namespace (needs root and ip)");
+            return None;
+        }
+        Some(Self(name))
+    }
+
+    fn ip(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn run_attaches_an_existing_tap_or_one_it_creates_and_removes() {
+    let Some((vmm, probe)) = prerequisites() else {
+        return;
+    };
+    let Some(ns) = Netns::create("net") else {
+        return;
+    };
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    probe_image(&herd, &probe, 0);
+    let out = ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    assert!(out.status.success(), "{out:?}");
+    for net in ["tap0", "auto"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_herd"), "--home"])
+            .arg(herd.home.path())
+            .args(["run", "probe-app", "--net", net, "--ip", "10.0.0.2/24"])
+            .args(["--gateway", "10.0.0.1"])
+            .env("HERD_VMM", &herd.vmm)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "--net {net}: {stdout}{stderr}");
+        let cmdline = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("probe: cmdline="))
+            .unwrap();
+        assert_eq!(
+            cmdline.matches("virtio_mmio.device=").count(),
+            2,
+            "{cmdline}"
+        );
+    }
+    let links = String::from_utf8_lossy(&ns.ip(&["-o", "link"]).stdout).into_owned();
+    assert!(links.contains("tap0"), "{links}");
+    assert!(
+        !links.contains("herd0"),
+        "the automatic TAP is gone: {links}"
+    );
+}

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_vmm::config::{
-    ConfigError, DriveConfig, RawVmConfig, VmConfig, parse_net_flag, read_config_file,
+    ConfigError, DriveConfig, RawVmConfig, VmConfig, parse_net_flag, parse_vsock_flag,
+    read_config_file,
 };
 use herd_vmm::devices::legacy::BootClock;
 use herd_vmm::stop::StopReason;
@@ -36,7 +37,7 @@ struct Cli {
     #[arg(long, value_name = "MIB", conflicts_with = "config_file")]
     memory: Option<u64>,
     /// Firecracker-style JSON config (`boot-source`, `machine-config`, `drives`, `entropy`,
-    /// `network-interfaces`).
+    /// `network-interfaces`, `vsock`).
     #[arg(long, value_name = "PATH", conflicts_with = "kernel")]
     config_file: Option<PathBuf>,
     /// Give the guest a virtio-rng device (virtio-mmio, announced on its command line) fed
@@ -56,6 +57,11 @@ struct Cli {
         conflicts_with = "config_file"
     )]
     disk: Vec<String>,
+    /// Give the guest a virtio-vsock device with guest CID `CID` (at least 3); host clients
+    /// connect to the Unix socket `PATH` and write `CONNECT <port>\n`, guest connections to
+    /// host port P go to `PATH_P` (Firecracker's convention). `PATH` is removed on exit.
+    #[arg(long, value_name = "CID,PATH", conflicts_with = "config_file")]
+    vsock: Option<String>,
     /// Write the guest console to this file instead of stdout.
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
@@ -99,6 +105,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
                 .map(|(i, spec)| parse_net_flag(i, spec))
                 .collect::<Result<_, _>>()?,
             drives,
+            vsock: cli.vsock.as_deref().map(parse_vsock_flag).transpose()?,
         },
     };
     raw.console_log = cli.console_log;

@@ -29,6 +29,7 @@ use crate::devices::virtio::mmio::attach::{self, AttachError, VirtioSlot};
 use crate::devices::virtio::mmio::notify::QueueNotifier;
 use crate::devices::virtio::net::{Net, NetSettings};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{MuxerError, Vsock};
 use crate::event_loop::{ConsoleInput, StopWatcher};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
@@ -84,6 +85,12 @@ pub enum VmmError {
         #[source]
         source: DiskError,
     },
+    #[error("vsock device (guest CID {cid})")]
+    Vsock {
+        cid: u64,
+        #[source]
+        source: MuxerError,
+    },
     #[error("cannot attach virtio device {0}")]
     Virtio(&'static str, #[source] AttachError),
     #[error(transparent)]
@@ -112,6 +119,17 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     stop: Arc<VmStop>,
     events: EventManager<Box<dyn MutEventSubscriber + Send>>,
+    /// Listening sockets to remove when the VMM ends (the devices that own them may outlive
+    /// `run` on a vCPU thread that is never joined).
+    socket_files: Vec<PathBuf>,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        for path in &self.socket_files {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl std::fmt::Debug for Vmm {
@@ -177,6 +195,7 @@ impl Vmm {
             serial,
             stop,
             events,
+            socket_files: config.vsock.iter().map(|v| v.uds_path.clone()).collect(),
         })
     }
 
@@ -404,6 +423,11 @@ fn plan_virtio(config: &VmConfig) -> Result<VirtioPlan, VmmError> {
         };
         wanted.push(("virtio-net", Box::new(Net::new(Box::new(tap), settings))));
     }
+    if let Some(v) = &config.vsock {
+        let cid = v.guest_cid;
+        let dev = Vsock::new(cid, &v.uds_path).map_err(|source| VmmError::Vsock { cid, source })?;
+        wanted.push(("virtio-vsock", Box::new(dev)));
+    }
     let slots = attach::slots(wanted.len()).map_err(|e| VmmError::Virtio("devices", e))?;
     let root = crate::config::drive::root_words(&config.drives);
     let cmdline = config
@@ -503,6 +527,11 @@ impl VmmError {
                 TapError::Busy(_) => UNAVAILABLE,
                 TapError::OpenTun(e) | TapError::SetIff(e) => io_code(e),
                 _ => DATA,
+            },
+            VmmError::Vsock { source, .. } => match source {
+                MuxerError::Exists(_) => UNAVAILABLE,
+                MuxerError::Bind(_, e) => io_code(e),
+                MuxerError::Epoll(_) => SOFTWARE,
             },
             _ => SOFTWARE,
         }

@@ -17,16 +17,22 @@ use super::config::{ConfigError, ImageConfig, KernelFormat};
 use super::elf::{ElfError, ElfInfo};
 use super::exit;
 use super::ldso::{LdsoError, Resolver};
+use super::rootfs::{self, RootfsError};
 use super::tree::{Node, Tree, TreeError};
 use super::{
     ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, INITRAMFS_MEDIA_TYPE, KERNEL_MEDIA_TYPE, canonical_json,
-    sha256_digest,
+    rootfs_media_type, sha256_digest,
 };
+use herd_proto::{Fstype, ROOTFS_DEVICE, Rootfs};
 
 /// Directories the initramfs always has, where init mounts the kernel's filesystems.
 pub const MOUNT_POINTS: [&str; 5] = ["/dev", "/proc", "/sys", "/tmp", "/run"];
 /// Where `--binary` apps go in the image.
 pub const APP_DIR: &str = "/app";
+/// Where init mounts the root filesystem image before switching to it.
+pub const NEWROOT: &str = "/newroot";
+/// Created empty in a root filesystem image that lacks it: init bind-mounts over it.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,8 @@ pub enum BuildError {
     Reserved { dir: PathBuf, path: &'static str },
     #[error("staging the image's files")]
     Tree(#[source] TreeError),
+    #[error("making the root filesystem image")]
+    Rootfs(#[source] RootfsError),
 }
 
 impl BuildError {
@@ -114,6 +122,9 @@ pub struct BuildInputs {
     pub kernel: Vec<u8>,
     /// herd-init, stored as `/init`.
     pub init: Vec<u8>,
+    /// Put the app on a filesystem image of this type (a third layer) instead of in the
+    /// initramfs.
+    pub rootfs: Option<Fstype>,
 }
 
 /// The blobs of a built image.
@@ -123,6 +134,8 @@ pub struct BuiltImage {
     pub config_blob: Vec<u8>,
     pub kernel: Vec<u8>,
     pub initramfs: Vec<u8>,
+    /// The root filesystem image, with `--rootfs`.
+    pub rootfs: Option<(Fstype, Vec<u8>)>,
     pub manifest: Vec<u8>,
     /// `sha256:<hex>` of the manifest: the image's identity.
     pub digest: String,
@@ -196,13 +209,15 @@ pub fn binary_entrypoint(binary: &Path) -> Result<String, BuildError> {
     Ok(format!("{APP_DIR}/{name}"))
 }
 
-/// Builds the image: stages and checks the initramfs, then makes the config and manifest.
+/// Builds the image: stages and checks the app's tree, makes the initramfs (and with
+/// `rootfs`, the filesystem image), then the config and manifest.
 pub fn build(inputs: BuildInputs) -> Result<BuiltImage, BuildError> {
     let BuildInputs {
         config,
         app,
         kernel,
         init,
+        rootfs,
     } = inputs;
     config.validate().map_err(BuildError::Config)?;
     if KernelFormat::detect(&kernel) != Some(config.kernel.format) {
@@ -216,47 +231,95 @@ pub fn build(inputs: BuildInputs) -> Result<BuiltImage, BuildError> {
             check_dir_app(&tree, dir, &config.entrypoint[0])?;
         }
     }
-    add_herd_files(&mut tree, &config, init)?;
+    let mut runtime = config.runtime();
+    let rootfs = match rootfs {
+        None => None,
+        Some(fstype) => {
+            add_rootfs_files(&mut tree)?;
+            let image = rootfs::make(fstype, tree.into_nodes()).map_err(BuildError::Rootfs)?;
+            tree = Tree::new();
+            tree.ensure_dir(NEWROOT).map_err(BuildError::Tree)?;
+            runtime.rootfs = Some(Rootfs {
+                device: ROOTFS_DEVICE.into(),
+                fstype,
+            });
+            Some((fstype, image))
+        }
+    };
+    add_herd_files(&mut tree, &runtime, init)?;
     let entries = tree.len();
     let initramfs = tree.into_cpio().map_err(BuildError::Tree)?;
     let config_blob = config.to_canonical_json();
-    let manifest = manifest(&config_blob, &kernel, &initramfs);
+    let rootfs_layer = rootfs.as_ref().map(|(t, b)| (*t, b.as_slice()));
+    let manifest = manifest(&config_blob, &kernel, &initramfs, rootfs_layer);
     let digest = sha256_digest(&manifest);
     Ok(BuiltImage {
         config,
         config_blob,
         kernel,
         initramfs,
+        rootfs,
         manifest,
         digest,
         entries,
     })
 }
 
-/// The image manifest (canonical JSON) for the three blobs.
-pub fn manifest(config: &[u8], kernel: &[u8], initramfs: &[u8]) -> Vec<u8> {
+/// The image manifest (canonical JSON) for the blobs.
+pub fn manifest(
+    config: &[u8],
+    kernel: &[u8],
+    initramfs: &[u8],
+    rootfs: Option<(Fstype, &[u8])>,
+) -> Vec<u8> {
     let descriptor = |media_type: &str, bytes: &[u8]| {
         let digest: Digest = sha256_digest(bytes)
             .parse()
             .expect("sha256 digests are valid");
         Descriptor::new(MediaType::from(media_type), bytes.len() as u64, digest)
     };
+    let mut layers = vec![
+        descriptor(KERNEL_MEDIA_TYPE, kernel),
+        descriptor(INITRAMFS_MEDIA_TYPE, initramfs),
+    ];
+    if let Some((fstype, bytes)) = rootfs {
+        layers.push(descriptor(&rootfs_media_type(fstype), bytes));
+    }
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .artifact_type(MediaType::from(ARTIFACT_TYPE))
         .config(descriptor(CONFIG_MEDIA_TYPE, config))
-        .layers(vec![
-            descriptor(KERNEL_MEDIA_TYPE, kernel),
-            descriptor(INITRAMFS_MEDIA_TYPE, initramfs),
-        ])
+        .layers(layers)
         .build()
         .expect("every required manifest field is set");
     canonical_json(&manifest)
 }
 
-fn add_herd_files(tree: &mut Tree, config: &ImageConfig, init: Vec<u8>) -> Result<(), BuildError> {
-    let runtime = config.runtime().to_canonical_json().into_bytes();
+/// What a root filesystem image needs besides the app: the mount points init moves its
+/// mounts to, and an `/etc/resolv.conf` to bind-mount name servers over.
+fn add_rootfs_files(tree: &mut Tree) -> Result<(), BuildError> {
+    for dir in MOUNT_POINTS {
+        tree.ensure_dir(dir).map_err(BuildError::Tree)?;
+    }
+    if tree
+        .lookup(RESOLV_CONF)
+        .map_err(BuildError::Tree)?
+        .is_none()
+    {
+        tree.ensure_dir("/etc").map_err(BuildError::Tree)?;
+        tree.add_file(RESOLV_CONF, 0o644, Vec::new())
+            .map_err(BuildError::Tree)?;
+    }
+    Ok(())
+}
+
+fn add_herd_files(
+    tree: &mut Tree,
+    runtime: &herd_proto::ImageRuntime,
+    init: Vec<u8>,
+) -> Result<(), BuildError> {
+    let runtime = runtime.to_canonical_json().into_bytes();
     tree.add_file("/init", 0o755, init)
         .map_err(BuildError::Tree)?;
     tree.add_file(herd_proto::IMAGE_RUNTIME_PATH, 0o644, runtime)
@@ -427,6 +490,7 @@ mod tests {
             app,
             kernel: b"\x7fELF-kernel".to_vec(),
             init: b"init".to_vec(),
+            rootfs: None,
         }
     }
 

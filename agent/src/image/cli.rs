@@ -144,6 +144,19 @@ pub struct BuildArgs {
     /// Use this file as /init instead of the herd-init built into herd.
     #[arg(long, value_name = "PATH")]
     pub init: Option<PathBuf>,
+    /// Put the app on a read-only ext4 or erofs filesystem image (attached as /dev/vda at
+    /// run time) instead of in the initramfs; for large apps. Needs mkfs.ext4 and debugfs
+    /// (e2fsprogs) or mkfs.erofs (erofs-utils).
+    #[arg(long, value_name = "ext4|erofs", value_parser = parse_fstype)]
+    pub rootfs: Option<herd_proto::Fstype>,
+}
+
+fn parse_fstype(s: &str) -> Result<herd_proto::Fstype, String> {
+    match s {
+        "ext4" => Ok(herd_proto::Fstype::Ext4),
+        "erofs" => Ok(herd_proto::Fstype::Erofs),
+        _ => Err(format!("{s:?} is not ext4 or erofs")),
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -217,19 +230,25 @@ pub fn build(home: &Path, args: BuildArgs) -> Result<(), CliError> {
         build::find_kernel(args.kernel.as_deref(), |k| std::env::var_os(k)).map_err(fail)?;
     let (kernel, format) = build::read_kernel(&kernel_path).map_err(fail)?;
     let init = build::init_binary(args.init.as_deref()).map_err(fail)?;
+    let rootfs = args.rootfs;
     let config = image_config(args, name.clone(), entrypoint, format);
     let built = build::build(BuildInputs {
         config,
         app,
         kernel,
         init,
+        rootfs,
     })
     .map_err(fail)?;
     let store = Store::open(home)?;
-    let blobs: [&[u8]; 3] = [&built.config_blob, &built.kernel, &built.initramfs];
+    let mut blobs: Vec<&[u8]> = vec![&built.config_blob, &built.kernel, &built.initramfs];
+    blobs.extend(built.rootfs.as_ref().map(|(_, b)| b.as_slice()));
     let digest = store.add(&name, &version, &built.manifest, &blobs)?;
+    let rootfs = built.rootfs.as_ref().map_or_else(String::new, |(t, b)| {
+        format!(", rootfs {} {}", t.name(), mib(b.len() as u64))
+    });
     eprintln!(
-        "herd: built {reference}: kernel {} ({}), initramfs {} ({} entries), in {} ms",
+        "herd: built {reference}: kernel {} ({}), initramfs {} ({} entries){rootfs}, in {} ms",
         mib(built.kernel.len() as u64),
         kernel_path.display(),
         mib(built.initramfs.len() as u64),
@@ -311,10 +330,10 @@ pub fn inspect(home: &Path, args: InspectArgs) -> Result<(), CliError> {
     };
     let size = image.manifest.len() as u64
         + manifest["config"]["size"].as_u64().unwrap_or(0)
-        + (0..2)
+        + (0..3)
             .map(|i| manifest["layers"][i]["size"].as_u64().unwrap_or(0))
             .sum::<u64>();
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "digest": image.digest,
         "refs": image.refs,
         "size": size,
@@ -323,6 +342,12 @@ pub fn inspect(home: &Path, args: InspectArgs) -> Result<(), CliError> {
         "initramfs": blob(1, &image.initramfs),
         "manifest": manifest,
     });
+    if let Some((fstype, path)) = &image.rootfs {
+        let mut layer = blob(2, path);
+        layer["fstype"] = fstype.name().into();
+        layer["media_type"] = manifest["layers"][2]["mediaType"].clone();
+        doc["rootfs"] = layer;
+    }
     let text = serde_json::to_string_pretty(&doc).expect("JSON values serialise");
     writeln!(std::io::stdout(), "{text}").map_err(CliError::Output)
 }

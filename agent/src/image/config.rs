@@ -259,6 +259,7 @@ impl ImageConfig {
             args: self.args.clone(),
             env: self.env.clone(),
             workdir: self.workdir.clone(),
+            rootfs: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`elf`]: reading an ELF file's dynamic-linking facts.
 //! - [`ldso`]: finding a binary's loader and libraries as the dynamic loader would.
 //! - [`tree`]: the file tree staged for the initramfs (symlink-aware), before it becomes cpio.
+//! - [`rootfs`]: the filesystem image of `--rootfs ext4|erofs` (mkfs.ext4, mkfs.erofs).
 //! - [`build`]: assembling the initramfs, config and manifest from the build inputs.
 //! - [`cli`]: the command-line arguments and handlers of the image commands.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod elf;
 pub mod ldso;
+pub mod rootfs;
 pub mod tree;
 
 pub use config::ImageConfig;
@@ -48,6 +50,10 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.herd.image.config.v1+json";
 pub const KERNEL_MEDIA_TYPE: &str = "application/vnd.herd.kernel.v1";
 /// Media type of layer 1, the initramfs.
 pub const INITRAMFS_MEDIA_TYPE: &str = "application/vnd.herd.initramfs.v1.cpio";
+/// Media type of the optional layer 2, the root filesystem image, for `fstype`.
+pub fn rootfs_media_type(fstype: herd_proto::Fstype) -> String {
+    format!("application/vnd.herd.rootfs.v1.{}", fstype.name())
+}
 /// Media type of an OCI image manifest.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Annotation holding an image's `name:version` in `index.json`.

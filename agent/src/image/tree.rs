@@ -285,6 +285,11 @@ impl Tree {
         self.nodes.is_empty()
     }
 
+    /// The tree's entries by absolute path, sorted (implicit parents are not listed).
+    pub fn into_nodes(self) -> BTreeMap<String, Node> {
+        self.nodes
+    }
+
     /// The tree as a reproducible newc archive (consumed: file data moves, not copies).
     pub fn into_cpio(self) -> Result<Vec<u8>, TreeError> {
         let mut archive = Archive::new();

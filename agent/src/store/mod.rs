@@ -118,6 +118,8 @@ pub struct ResolvedImage {
     pub kernel: PathBuf,
     /// The initramfs blob (newc cpio).
     pub initramfs: PathBuf,
+    /// The root filesystem image blob, attached read-only as the first disk.
+    pub rootfs: Option<(herd_proto::Fstype, PathBuf)>,
     /// The `name:version` refs pointing at this image.
     pub refs: Vec<String>,
     /// The manifest bytes.
@@ -137,11 +139,15 @@ pub struct ManifestParts {
     pub config: BlobRef,
     pub kernel: BlobRef,
     pub initramfs: BlobRef,
+    /// The optional third layer, a root filesystem image.
+    pub rootfs: Option<(herd_proto::Fstype, BlobRef)>,
 }
 
 impl ManifestParts {
-    fn all(&self) -> [&BlobRef; 3] {
-        [&self.config, &self.kernel, &self.initramfs]
+    fn all(&self) -> Vec<&BlobRef> {
+        let mut all = vec![&self.config, &self.kernel, &self.initramfs];
+        all.extend(self.rootfs.as_ref().map(|(_, b)| b));
+        all
     }
 }
 
@@ -175,15 +181,30 @@ pub fn parse_manifest(digest: &str, bytes: &[u8]) -> Result<ManifestParts, Store
             size: d.size(),
         })
     };
-    let [kernel, initramfs] = m.layers().as_slice() else {
-        return Err(bad(
-            "it does not have exactly two layers (kernel, initramfs)",
-        ));
+    let (kernel, initramfs, rootfs) = match m.layers().as_slice() {
+        [kernel, initramfs] => (kernel, initramfs, None),
+        [kernel, initramfs, rootfs] => (kernel, initramfs, Some(rootfs)),
+        _ => {
+            return Err(bad(
+                "it does not have two or three layers (kernel, initramfs, rootfs)",
+            ));
+        }
+    };
+    let rootfs = match rootfs {
+        None => None,
+        Some(d) => {
+            let fstype = [herd_proto::Fstype::Ext4, herd_proto::Fstype::Erofs]
+                .into_iter()
+                .find(|&t| d.media_type().as_ref() == crate::image::rootfs_media_type(t))
+                .ok_or_else(|| bad("layer 2 is not a herd rootfs (ext4 or erofs)"))?;
+            Some((fstype, blob(d, &crate::image::rootfs_media_type(fstype))?))
+        }
     };
     Ok(ManifestParts {
         config: blob(m.config(), CONFIG_MEDIA_TYPE)?,
         kernel: blob(kernel, KERNEL_MEDIA_TYPE)?,
         initramfs: blob(initramfs, INITRAMFS_MEDIA_TYPE)?,
+        rootfs,
     })
 }
 
@@ -346,7 +367,7 @@ impl Store {
                 digest: parts.config.digest.clone(),
                 source,
             })?;
-        for blob in [&parts.kernel, &parts.initramfs] {
+        for blob in parts.all().into_iter().skip(1) {
             files::verify_file(&self.blob_path(&blob.digest), &blob.digest, Some(blob.size))?;
         }
         let mut refs: Vec<String> = index
@@ -359,6 +380,7 @@ impl Store {
         Ok(ResolvedImage {
             kernel: self.blob_path(&parts.kernel.digest),
             initramfs: self.blob_path(&parts.initramfs.digest),
+            rootfs: (parts.rootfs.as_ref()).map(|(t, b)| (*t, self.blob_path(&b.digest))),
             digest,
             config,
             refs,
@@ -481,7 +503,7 @@ mod tests {
         };
         let config = config.to_canonical_json();
         let kernel = [b"\x7fELF".as_slice(), kernel].concat();
-        let manifest = manifest(&config, &kernel, initramfs);
+        let manifest = manifest(&config, &kernel, initramfs, None);
         Image {
             name: name.into(),
             version: version.into(),

@@ -1,5 +1,7 @@
 //! The boot sequence and the supervision loop, written against [`Host`] and [`Os`] only:
-//! block signals, mount, read the configuration, name the host, bring up `lo`, enter the
+//! block signals, mount, read the configuration, switch to the image's root filesystem if it
+//! has one, name the host, bring up `lo` and the
+//! instance's network interface (address, default route, `/etc/resolv.conf`), enter the
 //! working directory, signal the boot timer, start the app, open the control port, then carry
 //! out the [`Supervisor`]'s decisions on signals and host requests until the app exits. [`run`] returns the VM's exit status; the
 //! caller ends the VM with it. Every failure becomes one `herd-init: ` line on stderr (the
@@ -9,7 +11,7 @@ use std::error::Error;
 use std::fmt;
 use std::io::{self, Write};
 
-use herd_proto::{IMAGE_RUNTIME_PATH, INSTANCE_CONFIG_PATH, Launch};
+use herd_proto::{IMAGE_RUNTIME_PATH, INSTANCE_CONFIG_PATH, Launch, Network};
 
 use crate::config::{self, ConfigError, Plan};
 use crate::control::{Lines, Request};
@@ -107,10 +109,16 @@ fn start(host: &mut impl Host, os: &mut impl Os, sup: &mut Supervisor) -> Result
     os.block_signals().map_err(BootError::Signals)?;
     prepare_machine(host)?;
     let plan = load_plan(os).map_err(BootError::Config)?;
+    if let Some(rootfs) = &plan.rootfs {
+        host.switch_root(rootfs).map_err(BootError::Setup)?;
+    }
     if let Some(name) = &plan.hostname {
         host.set_hostname(name).map_err(BootError::Setup)?;
     }
     host.loopback_up().map_err(BootError::Setup)?;
+    if let Some(network) = &plan.network {
+        configure_network(host, network)?;
+    }
     let dir = &plan.launch.workdir;
     os.chdir(dir).map_err(|source| BootError::Workdir {
         dir: dir.clone(),
@@ -146,6 +154,25 @@ fn prepare_machine(host: &mut impl Host) -> Result<(), BootError> {
         if let Err(err) = host.symlink(link, target) {
             warn(&err);
         }
+    }
+    Ok(())
+}
+
+/// The instance's interface, route and name servers; any failure stops the boot (an app
+/// without the network it was given would fail later and less clearly).
+fn configure_network(host: &mut impl Host, network: &Network) -> Result<(), BootError> {
+    let iface = host.configure_network(network).map_err(BootError::Setup)?;
+    say(format_args!(
+        "{iface} is {}/{}{}",
+        network.address,
+        network.prefix,
+        network
+            .gateway
+            .map(|gw| format!(" via {gw}"))
+            .unwrap_or_default()
+    ));
+    if let Some(text) = network.resolv_conf() {
+        host.write_resolv_conf(&text).map_err(BootError::Setup)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::host::{Event, Mount};
+use herd_proto::Rootfs;
 
 type Log = Rc<RefCell<Vec<String>>>;
 
@@ -17,6 +18,8 @@ struct FakeHost {
     log: Log,
     fail_mount: Option<&'static str>,
     fail_boot_timer: bool,
+    fail_network: bool,
+    fail_switch_root: bool,
 }
 
 fn io_err(errno: i32) -> io::Error {
@@ -49,6 +52,35 @@ impl Host for FakeHost {
     }
     fn loopback_up(&mut self) -> Result<(), HostError> {
         self.log.borrow_mut().push("lo up".into());
+        Ok(())
+    }
+    fn configure_network(&mut self, net: &Network) -> Result<String, HostError> {
+        let gw = net.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        let line = format!("net {}/{}{gw}", net.address, net.prefix);
+        self.log.borrow_mut().push(line);
+        if self.fail_network {
+            return Err(HostError::NoInterface(io_err(libc::ENODEV)));
+        }
+        Ok("eth0".into())
+    }
+    fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
+        let servers: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        self.log
+            .borrow_mut()
+            .push(format!("resolv {}", servers.join(",")));
+        Ok(())
+    }
+    fn switch_root(&mut self, rootfs: &Rootfs) -> Result<(), HostError> {
+        let line = format!("switch root {} {}", rootfs.fstype.name(), rootfs.device);
+        self.log.borrow_mut().push(line);
+        if self.fail_switch_root {
+            return Err(HostError::SwitchRoot {
+                device: rootfs.device.clone(),
+                fstype: rootfs.fstype.name(),
+                step: "mount it".into(),
+                source: io_err(libc::ENXIO),
+            });
+        }
         Ok(())
     }
     fn signal_boot_timer(&mut self) -> Result<(), HostError> {
@@ -289,6 +321,50 @@ fn apps_that_cannot_start_give_127_or_126() {
     }
 }
 
+const NET_INSTANCE: &str = r#"{"instance_id":"i","hostname":"web-1","network":{"address":"10.0.0.2/24","gateway":"10.0.0.1","dns":["10.0.0.1"]}}"#;
+
+#[test]
+fn the_instances_network_is_configured_after_lo_and_before_the_app() {
+    let (log, mut host, mut os) = fakes();
+    os.files.insert(INSTANCE_CONFIG_PATH, NET_INSTANCE);
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = logged(&log);
+    let at = |line: &str| log.iter().position(|l| l == line).expect(line);
+    assert!(at("lo up") < at("net 10.0.0.2/24 via 10.0.0.1"));
+    assert!(at("net 10.0.0.2/24 via 10.0.0.1") < at("resolv nameserver 10.0.0.1"));
+    assert!(at("resolv nameserver 10.0.0.1") < at("boot timer"));
+
+    // Without dns, no resolv.conf; without a network, no interface is touched.
+    let (log, mut host, mut os) = fakes();
+    os.files.insert(
+        INSTANCE_CONFIG_PATH,
+        r#"{"instance_id":"i","hostname":"h","network":{"address":"10.0.0.2/32"}}"#,
+    );
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    run(&mut host, &mut os);
+    assert!(logged(&log).contains(&"net 10.0.0.2/32".to_string()));
+    assert!(!logged(&log).iter().any(|l| l.starts_with("resolv")));
+    let (log, mut host, mut os) = fakes();
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    run(&mut host, &mut os);
+    assert!(!logged(&log).iter().any(|l| l.starts_with("net ")));
+}
+
+#[test]
+fn a_network_that_cannot_be_configured_ends_with_125_before_the_app() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_network = true;
+    os.files.insert(INSTANCE_CONFIG_PATH, NET_INSTANCE);
+    assert_eq!(run(&mut host, &mut os), 125);
+    assert!(!logged(&log).iter().any(|l| l.starts_with("spawn")));
+    let err = BootError::Setup(HostError::NoInterface(io_err(libc::ENODEV)));
+    assert!(one_line(&err).contains("no network interface besides lo"));
+}
+
 #[test]
 fn a_boot_timer_failure_is_only_a_warning() {
     let (log, mut host, mut os) = fakes();
@@ -312,4 +388,44 @@ fn errors_print_on_one_line_with_their_causes() {
         "{line}"
     );
     assert!(!line.contains('\n'));
+}
+
+const ROOTFS_IMAGE: &str =
+    r#"{"entrypoint":["/app/hello"],"rootfs":{"device":"/dev/vda","fstype":"ext4"}}"#;
+
+#[test]
+fn a_rootfs_image_switches_root_after_the_mounts_and_before_the_hostname() {
+    let (log, mut host, mut os) = fakes();
+    os.files.insert(IMAGE_RUNTIME_PATH, ROOTFS_IMAGE);
+    os.files.insert(INSTANCE_CONFIG_PATH, NET_INSTANCE);
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = logged(&log);
+    let at = |line: &str| log.iter().position(|l| l == line).expect(line);
+    let switch = at("switch root ext4 /dev/vda");
+    assert!(
+        log.iter()
+            .take(switch)
+            .filter(|l| l.starts_with("mount "))
+            .count()
+            == MOUNTS.len()
+    );
+    assert!(switch < at("lo up"));
+    assert!(switch < at("resolv nameserver 10.0.0.1"));
+    // Images without a rootfs never switch.
+    let (log, mut host, mut os) = fakes();
+    os.events = [sig(Signal::Child)].into();
+    os.reaps = [Some((42, 0))].into();
+    run(&mut host, &mut os);
+    assert!(!logged(&log).iter().any(|l| l.starts_with("switch root")));
+}
+
+#[test]
+fn a_rootfs_that_cannot_be_mounted_ends_with_125_before_the_app() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_switch_root = true;
+    os.files.insert(IMAGE_RUNTIME_PATH, ROOTFS_IMAGE);
+    assert_eq!(run(&mut host, &mut os), 125);
+    assert!(!logged(&log).iter().any(|l| l.starts_with("spawn")));
 }

@@ -4,7 +4,8 @@
 //! is one clear error before anything starts. Pure: the caller reads the files.
 
 use herd_proto::{
-    IMAGE_RUNTIME_PATH, INSTANCE_CONFIG_PATH, ImageRuntime, InstanceConfig, Launch, ProtoError,
+    IMAGE_RUNTIME_PATH, INSTANCE_CONFIG_PATH, ImageRuntime, InstanceConfig, Launch, Network,
+    ProtoError,
 };
 
 /// Longest hostname Linux accepts (`HOST_NAME_MAX`).
@@ -37,6 +38,10 @@ pub struct Plan {
     pub launch: Launch,
     /// The instance's hostname; `None` without an instance configuration.
     pub hostname: Option<String>,
+    /// The instance's network settings, if it has any.
+    pub network: Option<Network>,
+    /// The image's root filesystem device, to switch root to.
+    pub rootfs: Option<herd_proto::Rootfs>,
 }
 
 /// Builds the plan from the two documents' text (`None`: the file does not exist).
@@ -48,7 +53,14 @@ pub fn plan(image: Option<&str>, instance: Option<&str>) -> Result<Plan, ConfigE
         .transpose()
         .map_err(ConfigError::Invalid)?;
     let launch = herd_proto::launch(&image, instance.as_ref());
+    let rootfs = image.rootfs.clone();
     check_launch(&launch)?;
+    let network = instance
+        .as_ref()
+        .and_then(|i| i.network.as_ref())
+        .map(|n| n.parse())
+        .transpose()
+        .map_err(|why| ConfigError::Invalid(ProtoError::Invalid(INSTANCE_CONFIG_PATH, why)))?;
     let hostname = instance.map(|i| i.hostname);
     if let Some(name) = &hostname {
         if name.is_empty() || name.len() > HOSTNAME_MAX {
@@ -58,7 +70,12 @@ pub fn plan(image: Option<&str>, instance: Option<&str>) -> Result<Plan, ConfigE
             return Err(ConfigError::Nul { what: "hostname" });
         }
     }
-    Ok(Plan { launch, hostname })
+    Ok(Plan {
+        launch,
+        hostname,
+        network,
+        rootfs,
+    })
 }
 
 /// Argument and directory strings become C strings: a NUL would cut them short.

@@ -1,5 +1,5 @@
 //! The seams between init's logic and the kernel: [`Host`] for the privileged effects on the
-//! machine (mounts, hostname, loopback, boot timer, ending the VM) and [`Os`] for the ordinary
+//! machine (mounts, hostname, loopback, network, boot timer, ending the VM) and [`Os`] for the ordinary
 //! process calls (signals, spawning, reaping, files, the control port). Also the fixed data
 //! those effects use: which filesystems go where ([`MOUNTS`]), which `/dev` links exist
 //! ([`DEV_LINKS`]), where the control port is ([`CONTROL_PORT`]).
@@ -10,7 +10,7 @@
 
 use std::io;
 
-use herd_proto::Launch;
+use herd_proto::{Launch, Network, Rootfs};
 
 /// A process id.
 pub type Pid = i32;
@@ -38,6 +38,25 @@ pub enum HostError {
     Hostname(String, #[source] io::Error),
     #[error("cannot bring up the loopback interface lo")]
     Loopback(#[source] io::Error),
+    #[error("no network interface besides lo to configure")]
+    NoInterface(#[source] io::Error),
+    #[error("cannot configure network interface {iface}: cannot {step}")]
+    Network {
+        iface: String,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write /etc/resolv.conf")]
+    ResolvConf(#[source] io::Error),
+    #[error("cannot switch root to {fstype} {device}: cannot {step}")]
+    SwitchRoot {
+        device: String,
+        fstype: &'static str,
+        step: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot signal the boot timer (byte 123 at guest-physical 0xc0000000 via /dev/mem)")]
     BootTimer(#[source] io::Error),
 }
@@ -138,6 +157,13 @@ pub const DEV_LINKS: [(&str, &str); 4] = [
     ("/dev/stderr", "/proc/self/fd/2"),
 ];
 
+/// Where [`Host::switch_root`] mounts the root filesystem image.
+pub const NEWROOT: &str = "/newroot";
+/// The mounts [`Host::switch_root`] moves into the new root (`/dev/shm` goes with `/dev`).
+pub const SWITCHED_MOUNTS: [&str; 5] = ["/dev", "/proc", "/sys", "/run", "/tmp"];
+/// How long [`Host::switch_root`] waits for the device node to appear.
+pub const DEVICE_WAIT_MS: u64 = 2000;
+
 /// herd-vmm's control port in the guest (COM2): host requests, see [`crate::control`].
 pub const CONTROL_PORT: &str = "/dev/ttyS1";
 
@@ -171,6 +197,15 @@ pub trait Host {
     fn set_hostname(&mut self, name: &str) -> Result<(), HostError>;
     /// Sets `IFF_UP` on `lo` (Linux then answers on 127.0.0.1).
     fn loopback_up(&mut self) -> Result<(), HostError>;
+    /// Gives the first interface other than `lo` the instance's address and netmask, brings
+    /// it up and adds the default route; returns the interface's name.
+    fn configure_network(&mut self, network: &Network) -> Result<String, HostError>;
+    /// Makes `text` the content of `/etc/resolv.conf` (see `docs/image-format.md`).
+    fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError>;
+    /// Mounts the image's root filesystem read-only at [`NEWROOT`] (waiting briefly for the
+    /// device node), moves [`SWITCHED_MOUNTS`] into it and makes it the root (as
+    /// `switch_root` does: `MS_MOVE` onto `/`, then `chroot`). The initramfs stays in memory.
+    fn switch_root(&mut self, rootfs: &Rootfs) -> Result<(), HostError>;
     /// Tells herd-vmm that boot is done: the app starts next.
     fn signal_boot_timer(&mut self) -> Result<(), HostError>;
     /// Ends the VM with `status` (herd-vmm's exit status). Never returns.

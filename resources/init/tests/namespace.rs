@@ -89,6 +89,59 @@ fn app_runs_with_mounts_hostname_loopback_and_exactly_the_merged_config() {
 }
 
 #[test]
+fn the_instances_network_is_applied_to_eth0_with_route_and_resolv_conf() {
+    require_namespaces!("the_instances_network_is_applied_to_eth0_with_route_and_resolv_conf");
+    let script = r#"
+set -- $(ip -4 -o addr show dev eth0); echo "addr=$4"
+echo "route=$(ip -4 route show default)"
+echo "up=$(( $(cat /sys/class/net/eth0/flags) & 1 ))"
+sed 's/^/resolv=/' /etc/resolv.conf
+"#;
+    let mut guest = Guest::new(&sh_image(script, &[], &[], "/"));
+    guest.with_eth0();
+    guest.instance(
+        r#"{"instance_id":"n","hostname":"net-1","network":{"address":"10.0.0.2/24","gateway":"10.0.0.1","dns":["10.0.0.1","9.9.9.9"]}}"#,
+    );
+    let out = guest.run();
+    out.assert_status(0);
+    assert_eq!(out.value("addr"), "10.0.0.2/24");
+    assert!(
+        out.value("route")
+            .starts_with("default via 10.0.0.1 dev eth0"),
+        "{out:#?}"
+    );
+    assert_eq!(out.value("up"), "1");
+    assert_eq!(
+        out.values("resolv"),
+        [
+            "# written by herd-init from /herd/instance.json",
+            "nameserver 10.0.0.1",
+            "nameserver 9.9.9.9"
+        ]
+    );
+    assert!(
+        out.init_lines()
+            .contains(&"herd-init: eth0 is 10.0.0.2/24 via 10.0.0.1")
+    );
+}
+
+#[test]
+fn a_network_config_without_an_interface_gives_125() {
+    require_namespaces!("a_network_config_without_an_interface_gives_125");
+    let guest = Guest::new(&sh_image("echo ran=yes", &[], &[], "/"));
+    guest.instance(r#"{"instance_id":"n","hostname":"h","network":{"address":"10.0.0.2/24"}}"#);
+    let out = guest.run();
+    out.assert_status(125);
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(
+        out.init_lines()
+            .iter()
+            .any(|l| l.contains("no network interface besides lo")),
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn without_instance_config_the_image_defaults_run() {
     require_namespaces!("without_instance_config_the_image_defaults_run");
     let image = sh_image(REPORT, &["default"], &[("A", "image")], "/");
@@ -161,13 +214,17 @@ fn a_stop_request_on_the_control_port_reaches_the_app_as_sigterm() {
 #[test]
 fn orphans_are_reparented_to_init_and_reaped() {
     require_namespaces!("orphans_are_reparented_to_init_and_reaped");
-    // Each inner shell exits at once, leaving its sleep to PID 1; the sleeps exit after 0.3 s.
+    // Each inner shell exits at once, leaving its sleep to PID 1. The script waits (up to 5 s,
+    // not a fixed delay, so load cannot make it flaky) until all five are init's children,
+    // kills them, and waits until init has reaped them.
     let script = r#"
-for i in 1 2 3 4 5; do /bin/sh -c '/bin/sleep 0.3 & exit 0'; done
-sleep 0.1
-echo "orphans=$(grep -l '^PPid:[[:space:]]*1$' /proc/[0-9]*/status 2>/dev/null | xargs grep -l '^Name:[[:space:]]*sleep$' | wc -l)"
-sleep 0.7
-echo "zombies=$(grep -l '^State:[[:space:]]*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)"
+for i in 1 2 3 4 5; do /bin/sh -c '/bin/sleep 30 & exit 0'; done
+orphans() { grep -l '^PPid:[[:space:]]*1$' /proc/[0-9]*/status 2>/dev/null | xargs -r grep -l '^Name:[[:space:]]*sleep$'; }
+n=0; for t in $(seq 50); do n=$(orphans | wc -l); [ "$n" -ge 5 ] && break; sleep 0.1; done
+echo "orphans=$n"
+for f in $(orphans); do p=${f#/proc/}; kill "${p%/status}"; done
+z=-1; for t in $(seq 50); do z=$(grep -l '^State:[[:space:]]*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); [ "$z" -eq 0 ] && [ -z "$(orphans)" ] && break; sleep 0.1; done
+echo "zombies=$z"
 "#;
     let out = Guest::new(&sh_image(script, &[], &[], "/")).run();
     out.assert_status(0);

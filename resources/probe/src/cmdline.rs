@@ -4,12 +4,14 @@
 //! devices herd-vmm announces (`virtio_mmio.device=4K@0x..:N`), `probe.rng=N` (read N bytes
 //! from the entropy device) and `probe.rng.hostile=outside|loop` (send a hostile request);
 //! `probe.net.tx=N` (send N test frames) and `probe.net.rx=N` (wait for N test frames);
-//! `probe.blk.write=`, `probe.blk.flush` and `probe.blk.read=` (see `virtio::blk`).
+//! `probe.blk.write=`, `probe.blk.flush` and `probe.blk.read=` (see `virtio::blk`);
+//! `probe.vsock.listen=` and `probe.vsock.connect=` (see `virtio::vsock`).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
 //! understand (and values we cannot parse) are ignored.
 
 use crate::virtio::blk::BlkOptions;
+use crate::virtio::vsock::VsockOptions;
 use crate::virtio::{Hostile, MAX_DEVICES, parse_device};
 
 /// How the probe ends after its report.
@@ -69,6 +71,8 @@ pub struct Options {
     pub virtio_count: usize,
     /// What to do with block devices.
     pub blk: BlkOptions,
+    /// What to do with the vsock device.
+    pub vsock: VsockOptions,
 }
 
 impl Default for Options {
@@ -84,6 +88,7 @@ impl Default for Options {
             virtio: [0; MAX_DEVICES],
             virtio_count: 0,
             blk: BlkOptions::default(),
+            vsock: VsockOptions::default(),
         }
     }
 }
@@ -96,6 +101,10 @@ pub fn parse(cmdline: &[u8]) -> Options {
         let value = word.get(eq + 1..).unwrap_or_default();
         if let Some(key) = word[..eq].strip_prefix(b"probe.blk.") {
             opts.blk.word(key, value);
+            continue;
+        }
+        if let Some(key) = word[..eq].strip_prefix(b"probe.vsock.") {
+            opts.vsock.word(key, value);
             continue;
         }
         if eq == word.len() {
@@ -146,7 +155,7 @@ fn parse_hostile(v: &[u8]) -> Hostile {
 }
 
 /// Parses a decimal number below 2^32.
-fn parse_u32(v: &[u8]) -> Option<u32> {
+pub(crate) fn parse_u32(v: &[u8]) -> Option<u32> {
     if v.is_empty() {
         return None;
     }

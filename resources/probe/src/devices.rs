@@ -1,15 +1,15 @@
 //! The probe's virtio work on the real machine: find the entropy device among the announced
 //! windows and run `probe.rng=N` (see `herd_probe::virtio`), and the network card's
 //! `probe.net.tx=N` / `probe.net.rx=N` (see `herd_probe::virtio::net`), and the
-//! `probe.blk.*` sequence on every block device (see `herd_probe::virtio::blk`), reporting
-//! on COM1.
+//! `probe.blk.*` sequence on every block device (see `herd_probe::virtio::blk`), and the
+//! `probe.vsock.*` streams (see `herd_probe::virtio::vsock`), reporting on COM1.
 
 use herd_probe::cmdline::Options;
 use herd_probe::hw::MmioRegs;
 use herd_probe::report;
 use herd_probe::serial::Com1;
 use herd_probe::virtio::blk::{self, DEVICE_BLK, MAX_SECTORS, SECTOR};
-use herd_probe::virtio::{self, DEVICE_RNG, Device, net};
+use herd_probe::virtio::{self, DEVICE_RNG, Device, net, vsock};
 use herd_probe::virtq::Virtq;
 
 /// Largest `probe.rng=N` honoured (the buffer lives on the probe's 32 KiB stack).
@@ -28,6 +28,42 @@ pub fn run(con: &mut Com1, opts: &Options) {
     if opts.blk.any() {
         disks(con, opts);
     }
+    if opts.vsock.any()
+        && let Err(why) = vsock(con, opts)
+    {
+        vsock::report_error(con, why);
+    }
+}
+
+fn vsock(con: &mut Com1, opts: &Options) -> Result<(), &'static str> {
+    let dev = opts.virtio[..opts.virtio_count]
+        .iter()
+        .filter_map(|&base| Device::probe(MmioRegs(base)).ok())
+        .find(|d| d.id == vsock::DEVICE_VSOCK)
+        .ok_or("no-vsock-device")?;
+    let (mut rx, mut tx) = (Virtq::default(), Virtq::default());
+    let mut rxbuf = [0u8; vsock::RX_BUF];
+    let cid = vsock::start(&dev, &rx, &tx)?;
+    let mut link = vsock::Link {
+        dev: &dev,
+        rx: &mut rx,
+        tx: &mut tx,
+        rxbuf: &mut rxbuf,
+        cid,
+    };
+    link.post()?;
+    vsock::report_num(con, "cid", cid);
+    let v = &opts.vsock;
+    let mut out = [0u8; vsock::PAYLOAD];
+    if let Some(port) = v.connect {
+        let n = vsock::connect(&mut link, port, &v.msg[..v.msg_len], &mut out)?;
+        vsock::report_reply(con, &out[..n]);
+    }
+    if let Some((port, n)) = v.listen {
+        let done = vsock::listen(&mut link, port, n)?;
+        vsock::report_num(con, "conns", u64::from(done));
+    }
+    Ok(())
 }
 
 fn disks(con: &mut Com1, opts: &Options) {

@@ -160,6 +160,24 @@ impl<R: Regs> Device<R> {
         }
     }
 
+    /// Notifies queue `index` without waiting.
+    pub fn notify(&self, index: u32) {
+        self.regs.write(reg::QUEUE_NOTIFY, index);
+    }
+
+    /// Reads and acks the interrupt status (one poll of a wait loop); fails if the device
+    /// needs a reset.
+    pub fn poll(&self) -> Result<(), &'static str> {
+        let isr = self.regs.read(reg::INTERRUPT_STATUS);
+        if isr != 0 {
+            self.regs.write(reg::INTERRUPT_ACK, isr);
+            if self.regs.read(reg::STATUS) & NEEDS_RESET != 0 {
+                return Err("device-needs-reset");
+            }
+        }
+        Ok(())
+    }
+
     /// Notifies queue `index` and waits for the device's interrupt status (then acks it).
     pub fn kick_and_wait(&self, index: u32) -> Result<(), &'static str> {
         self.regs.write(reg::QUEUE_NOTIFY, index);
@@ -239,3 +257,4 @@ pub mod blk;
 pub mod net;
 #[cfg(test)]
 mod tests;
+pub mod vsock;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::drive::FirecrackerDrive;
-use super::{ConfigError, RawNetConfig, RawVmConfig};
+use super::{ConfigError, RawNetConfig, RawVmConfig, VsockConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -19,7 +19,7 @@ struct FirecrackerConfig {
     machine_config: Option<MachineConfig>,
     drives: Option<Vec<FirecrackerDrive>>,
     network_interfaces: Option<Vec<NetworkInterface>>,
-    vsock: Option<Value>,
+    vsock: Option<FirecrackerVsock>,
     entropy: Option<Entropy>,
     balloon: Option<Value>,
     logger: Option<Value>,
@@ -64,6 +64,17 @@ struct NetworkInterface {
     tx_rate_limiter: Option<Value>,
 }
 
+/// Firecracker's `vsock` section: a virtio-vsock device with its host-side Unix socket
+/// (`vsock_id` is accepted and unused, as Firecracker only has one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirecrackerVsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    #[serde(default, rename = "vsock_id")]
+    _vsock_id: Option<String>,
+}
+
 /// Firecracker's `entropy` section: a virtio-rng device, optionally rate-limited.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +116,10 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
         entropy: parsed.entropy.is_some(),
         net: net.into_iter().map(raw_net).collect(),
         drives,
+        vsock: parsed.vsock.map(|v| VsockConfig {
+            guest_cid: v.guest_cid,
+            uds_path: v.uds_path,
+        }),
     })
 }
 
@@ -157,7 +172,6 @@ fn reject_unsupported(cfg: &FirecrackerConfig, file: &Path) -> Result<(), Config
     let not_yet = "herd-vmm does not support this section yet";
     reject_net_limiters(cfg, file)?;
     let sections = [
-        ("vsock", &cfg.vsock),
         ("balloon", &cfg.balloon),
         ("logger", &cfg.logger),
         ("metrics", &cfg.metrics),
@@ -268,11 +282,35 @@ mod tests {
     }
 
     #[test]
+    fn the_vsock_section_is_read_and_unknown_fields_or_a_low_cid_refused() {
+        let boot = r#""boot-source": {"kernel_image_path": "k"}"#;
+        let raw = parse(&format!(
+            r#"{{{boot}, "vsock": {{"vsock_id": "v", "guest_cid": 3, "uds_path": "/tmp/v"}}}}"#
+        ))
+        .unwrap();
+        let v = raw.vsock.clone().unwrap();
+        assert_eq!((v.guest_cid, v.uds_path), (3, PathBuf::from("/tmp/v")));
+        assert!(raw.validate(1 << 20).unwrap().vsock.is_some());
+        let err = parse(&format!(
+            r#"{{{boot}, "vsock": {{"guest_cid": 3, "uds_path": "/v", "port": 1}}}}"#
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("vsock"), "{err}");
+        assert!(format!("{:?}", err).contains("port"), "{err:?}");
+        let low = parse(&format!(
+            r#"{{{boot}, "vsock": {{"guest_cid": 2, "uds_path": "/v"}}}}"#
+        ))
+        .unwrap();
+        let err = low.validate(1 << 20).unwrap_err();
+        assert!(err.to_string().contains("guest CID 2"), "{err}");
+    }
+
+    #[test]
     fn sections_not_supported_yet_are_refused_by_name() {
         let err =
-            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 3}}"#)
+            parse(r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {"amount_mib": 3}}"#)
                 .unwrap_err();
-        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "vsock"));
+        assert!(matches!(&err, ConfigError::Unsupported { field, .. } if field == "balloon"));
         let err = parse(
             r#"{"boot-source": {"kernel_image_path": "k"},
                 "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": true}}"#,

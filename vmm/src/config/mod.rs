@@ -8,6 +8,7 @@
 pub mod drive;
 mod firecracker;
 mod net;
+mod vsock;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use drive::{DriveConfig, DriveError};
 pub use firecracker::parse_firecracker_config;
 pub use net::{MacAddr, NetConfig, NetConfigError, RawNetConfig, parse_net_flag, validate_net};
+pub use vsock::{VsockConfig, VsockConfigError, parse_vsock_flag};
 
 /// Fewest vCPUs a microVM can have.
 pub const MIN_VCPUS: u8 = 1;
@@ -55,6 +57,8 @@ pub enum ConfigError {
     Net(#[from] NetConfigError),
     #[error(transparent)]
     Drive(#[from] DriveError),
+    #[error(transparent)]
+    Vsock(#[from] VsockConfigError),
     #[error("config file {file}: field `{field}`: {why}")]
     Unsupported {
         file: PathBuf,
@@ -180,6 +184,8 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// virtio-blk devices, the root device (if any) first.
     pub drives: Vec<DriveConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -195,6 +201,7 @@ pub struct RawVmConfig {
     pub entropy: bool,
     pub net: Vec<RawNetConfig>,
     pub drives: Vec<DriveConfig>,
+    pub vsock: Option<VsockConfig>,
 }
 
 /// vCPUs when none are asked for.
@@ -220,6 +227,7 @@ impl RawVmConfig {
             entropy: self.entropy,
             net: validate_net(self.net)?,
             drives: drive::validate(self.drives)?,
+            vsock: self.vsock.map(VsockConfig::validate).transpose()?,
         })
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use herd_init::boot::say;
 use herd_init::host::{Event, Host, HostError, Mount, Os, Pid, Signal};
 use herd_init::sys::{RealHost, RealOs};
-use herd_proto::Launch;
+use herd_proto::{Launch, Network, Rootfs};
 
 const EXIT_FILE_VAR: &str = "HERD_INIT_TEST_EXIT_FILE";
 /// Stands in for the control port inside the test root, if present.
@@ -40,6 +40,15 @@ impl Host for TestHost {
     }
     fn loopback_up(&mut self) -> Result<(), HostError> {
         self.real.loopback_up()
+    }
+    fn configure_network(&mut self, network: &Network) -> Result<String, HostError> {
+        self.real.configure_network(network)
+    }
+    fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
+        self.real.write_resolv_conf(text)
+    }
+    fn switch_root(&mut self, rootfs: &Rootfs) -> Result<(), HostError> {
+        self.real.switch_root(rootfs)
     }
     fn signal_boot_timer(&mut self) -> Result<(), HostError> {
         let us = self.started.elapsed().as_micros();

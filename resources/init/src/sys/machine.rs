@@ -1,13 +1,14 @@
 //! [`RealHost`]: the privileged effects on the guest machine, as libc calls.
 
-use std::ffi::c_short;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::ptr;
 
-use super::{check, cstring};
+use herd_proto::Network;
+
+use super::{check, cstring, net};
 use crate::boot::say;
 use crate::host::{Host, HostError, Mount};
 
@@ -78,7 +79,32 @@ impl Host for RealHost {
     }
 
     fn loopback_up(&mut self) -> Result<(), HostError> {
-        loopback_up().map_err(HostError::Loopback)
+        net::loopback_up().map_err(HostError::Loopback)
+    }
+
+    fn configure_network(&mut self, network: &Network) -> Result<String, HostError> {
+        let iface = net::first_interface()
+            .map_err(HostError::NoInterface)?
+            .ok_or_else(|| HostError::NoInterface(io::ErrorKind::NotFound.into()))?;
+        let err = |step, source| HostError::Network {
+            iface: iface.clone(),
+            step,
+            source,
+        };
+        net::set_address(&iface, network.address, network.netmask())
+            .map_err(|e| err("set its address", e))?;
+        if let Some(gw) = network.gateway {
+            net::add_default_route(&iface, gw).map_err(|e| err("add the default route", e))?;
+        }
+        Ok(iface)
+    }
+
+    fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
+        net::write_resolv_conf(text).map_err(HostError::ResolvConf)
+    }
+
+    fn switch_root(&mut self, rootfs: &herd_proto::Rootfs) -> Result<(), HostError> {
+        super::root::switch_root(rootfs)
     }
 
     fn signal_boot_timer(&mut self) -> Result<(), HostError> {
@@ -145,28 +171,6 @@ fn open_console_as(fd: i32) -> io::Result<()> {
     let console = unsafe { OwnedFd::from_raw_fd(got) };
     // SAFETY: both are valid descriptor numbers; dup2 onto the free `fd` clears close-on-exec.
     check(unsafe { libc::dup2(console.as_raw_fd(), fd) }).map(drop)
-}
-
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket has no memory preconditions.
-    let raw =
-        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `raw` is a new descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ifreq is plain data (a byte array and a union of integers, arrays and a raw
-    // pointer); all zeroes is a valid value of it.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name from and writes the flags into `req`,
-    // a valid ifreq that lives across the call.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) })?;
-    // SAFETY: SIOCGIFFLAGS succeeded, so the kernel initialised the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as c_short;
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) }).map(drop)
 }
 
 /// Writes one byte at offset `addr` of `path` through a one-page shared mapping: for

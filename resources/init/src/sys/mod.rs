@@ -1,5 +1,5 @@
 //! The real kernel behind [`crate::host`]: [`RealHost`] (mounts, hostname, loopback, boot
-//! timer, exit-status port) and [`RealOs`] (signals, `posix_spawn`, `waitpid`, `kill`).
+//! timer, exit-status port, the instance's network in `net`, switching root in `root`) and [`RealOs`] (signals, `posix_spawn`, `waitpid`, `kill`).
 //!
 //! This is the only module allowed `unsafe` (the crate denies it elsewhere). Every block does
 //! one libc call or one raw-pointer operation and says why it is sound.
@@ -7,7 +7,9 @@
 #![allow(unsafe_code)]
 
 mod machine;
+mod net;
 mod process;
+mod root;
 
 use std::ffi::{CString, c_char, c_int};
 use std::io;

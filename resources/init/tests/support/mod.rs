@@ -74,6 +74,8 @@ pub struct Guest {
     dir: Option<TempDir>,
     root: PathBuf,
     binds: Vec<String>,
+    /// Shell commands the setup runs inside the namespaces before starting init.
+    setup: String,
 }
 
 impl Guest {
@@ -105,6 +107,7 @@ impl Guest {
             dir: Some(dir),
             root,
             binds,
+            setup: String::new(),
         };
         guest.write("/herd/image.json", image_json, 0o644);
         guest
@@ -127,6 +130,13 @@ impl Guest {
             .status()
             .expect("run mkfifo");
         assert!(status.success(), "mkfifo {}", fifo.display());
+    }
+
+    /// Gives the guest's network namespace an `eth0` (one end of a veth pair whose other end,
+    /// `peer0`, is up in the same namespace), as a guest's virtio-net interface.
+    pub fn with_eth0(&mut self) {
+        self.setup
+            .push_str("ip link add eth0 type veth peer name peer0\nip link set peer0 up\n");
     }
 
     /// Adds `/herd/instance.json`.
@@ -159,7 +169,7 @@ impl Guest {
                 "--",
                 "/bin/sh",
                 "-c",
-                SETUP,
+                &SETUP.replace("exec chroot", &format!("{}exec chroot", self.setup)),
                 "sh",
             ])
             .arg(&self.root)
