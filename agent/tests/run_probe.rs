@@ -481,3 +481,147 @@ fn run_attaches_an_existing_tap_or_one_it_creates_and_removes() {
         "the automatic TAP is gone: {links}"
     );
 }
+
+/// Hardware KVM only: skipped (with a message) where Linux user space cannot start (PVM).
+fn hardware_kvm(test: &str) -> bool {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        println!(
+            "{test}: skipped on PVM: Linux user space cannot start under its instruction emulator"
+        );
+        return false;
+    }
+    true
+}
+
+fn target_bin(name: &str) -> PathBuf {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(name);
+    assert!(
+        bin.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn ext4_rootfs_image_boots_its_app_from_virtio_blk() {
+    let Some((vmm, _)) = prerequisites() else {
+        return;
+    };
+    if !hardware_kvm("ext4_rootfs_image_boots_its_app_from_virtio_blk") {
+        return;
+    }
+    let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    let hello = target_bin("hello");
+    herd.ok(&[
+        "build",
+        "--binary",
+        hello.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--version",
+        "1",
+    ]
+    .into_iter()
+    .chain(["--rootfs", "ext4", "--kernel", kernel.to_str().unwrap()])
+    .collect::<Vec<_>>());
+    let out = herd.cmd(&[
+        "run",
+        "hello:1",
+        "--env",
+        "EXIT_STATUS=42",
+        "--",
+        "from-disk",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(42), "{stdout}");
+    assert!(stdout.contains("arg 0 from-disk"), "{stdout}");
+}
+
+#[test]
+fn http_app_answers_curl_over_virtio_net_in_a_namespace() {
+    let Some((vmm, _)) = prerequisites() else {
+        return;
+    };
+    if !hardware_kvm("http_app_answers_curl_over_virtio_net_in_a_namespace") {
+        return;
+    }
+    let Some(ns) = Netns::create("http") else {
+        return;
+    };
+    let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
+    let herd = Herd {
+        home: tempfile::tempdir().unwrap(),
+        vmm,
+    };
+    let http = target_bin("http");
+    let k = kernel.to_str().unwrap();
+    herd.ok(&[
+        "build",
+        "--binary",
+        http.to_str().unwrap(),
+        "--name",
+        "http",
+        "--version",
+        "1",
+        "--kernel",
+        k,
+    ]);
+    let mut vm = Command::new("ip")
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_herd"), "--home"])
+        .arg(herd.home.path())
+        .args([
+            "run",
+            "http:1",
+            "--net",
+            "auto",
+            "--ip",
+            "10.0.2.2/24",
+            "--gateway",
+            "10.0.2.1",
+        ])
+        .args(["--env", "PORT=8080"])
+        .env("HERD_VMM", &herd.vmm)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..100 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "curl",
+                "-sf",
+                "--max-time",
+                "1",
+                "http://10.0.2.2:8080/healthz",
+            ])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", &vm.id().to_string()])
+        .status();
+    let _ = vm.wait();
+    assert_eq!(
+        body, "ok\n",
+        "the http app answered /healthz from inside the guest"
+    );
+}
