@@ -6,70 +6,23 @@
 
 use std::env;
 use std::fs;
-use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
 /// ELF program header type of the interpreter path: present in dynamically linked programs.
 const PT_INTERP: u32 = 3;
 
-/// Environment that would leak the outer build's settings (flags, wrappers such as
-/// clippy-driver, target dir) into the nested build.
-fn leaks(name: &str) -> bool {
-    const EXACT: [&str; 14] = [
-        "RUSTFLAGS",
-        "RUSTDOCFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CLIPPY_ARGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_ENCODED_RUSTDOCFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_BUILD_RUSTC_WRAPPER",
-        "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_PRIMARY_PACKAGE",
-    ];
-    EXACT.contains(&name)
-        || name.starts_with("CARGO_TARGET_")
-        || name.starts_with("CARGO_PROFILE_")
-        || name.starts_with("CARGO_CFG_")
-        || name.starts_with("__CARGO")
-}
-
 fn build_init(workspace: &Path, target_dir: &Path) {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "herd-init",
-            "--bin",
-            "herd-init",
-        ])
-        .args(["--target", INIT_TARGET])
-        .arg("--target-dir")
-        .arg(target_dir);
-    for (name, _) in env::vars_os() {
-        if name.to_str().is_some_and(leaks) {
-            cmd.env_remove(name);
-        }
-    }
-    // Our stdout is read by cargo for `cargo:` lines; the nested build talks on stderr.
-    let stderr = io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("dup stderr");
-    cmd.stdout(Stdio::from(stderr));
-    let status = cmd
-        .status()
+    let args = [
+        "-p",
+        "herd-init",
+        "--bin",
+        "herd-init",
+        "--target",
+        INIT_TARGET,
+    ];
+    let status = herd_build_support::nested_cargo_build(workspace, target_dir, &args)
         .expect("run the nested cargo build of herd-init");
     assert!(
         status.success(),

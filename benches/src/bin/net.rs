@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use herd_benches::stats::summarize;
+use herd_benches::proc_cpu::{report_costs, stat_cpu_us};
 
 /// Measure host CPU time per virtio-net frame sent by the guest.
 #[derive(Debug, Parser)]
@@ -34,14 +34,6 @@ struct Sample {
     main_us: f64,
     total_us: f64,
     wall_us: f64,
-}
-
-/// utime + stime (fields 14 and 15) of a /proc stat file, in microseconds.
-fn cpu_us(stat: &str) -> anyhow::Result<f64> {
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok(ticks as f64 * 10_000.0)
 }
 
 fn run(vmm: &PathBuf, ns: &herd_tests::netns::NetNs, frames: u32) -> anyhow::Result<Sample> {
@@ -79,8 +71,8 @@ fn run(vmm: &PathBuf, ns: &herd_tests::netns::NetNs, frames: u32) -> anyhow::Res
         bail!("the probe never finished sending");
     }
     Ok(Sample {
-        main_us: cpu_us(&main?)?,
-        total_us: cpu_us(&total?)?,
+        main_us: stat_cpu_us(&main?)?,
+        total_us: stat_cpu_us(&total?)?,
         wall_us,
     })
 }
@@ -105,16 +97,5 @@ fn main() -> anyhow::Result<()> {
         total.push((load.total_us - base.total_us) / frames);
         wall.push((load.wall_us - base.wall_us) / frames);
     }
-    for (what, xs) in [
-        ("event-loop (device) CPU per frame", &main),
-        ("whole herd-vmm CPU per frame (incl. PVM emulation)", &total),
-        ("wall time per frame", &wall),
-    ] {
-        let s = summarize(xs).context("no runs")?;
-        println!(
-            "{what}: median {:.1} us (min {:.1}, max {:.1})",
-            s.p50, s.min, s.max
-        );
-    }
-    Ok(())
+    report_costs("frame", &main, &total, &wall)
 }

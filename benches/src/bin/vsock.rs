@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use herd_benches::stats::summarize;
+use herd_benches::proc_cpu::{cpu_us, report_costs};
 
 /// Measure host CPU time per vsock echo round trip.
 #[derive(Debug, Parser)]
@@ -31,21 +31,6 @@ struct Args {
     vmm: Option<PathBuf>,
 }
 
-/// utime + stime (fields 14 and 15) of a /proc stat file, in microseconds.
-fn cpu_us(stat: &str) -> anyhow::Result<f64> {
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok(ticks as f64 * 10_000.0)
-}
-
-/// (main thread, whole process) CPU microseconds of `pid`.
-fn cpu(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let main = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))?;
-    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    Ok((cpu_us(&main)?, cpu_us(&total)?))
-}
-
 /// Connects, waits for `OK`, runs `trips` echoes; returns per-trip (main, total, wall) us.
 fn echoes(uds: &Path, pid: u32, trips: u32) -> anyhow::Result<(f64, f64, f64)> {
     let mut s = UnixStream::connect(uds)?;
@@ -56,7 +41,7 @@ fn echoes(uds: &Path, pid: u32, trips: u32) -> anyhow::Result<(f64, f64, f64)> {
     if !ok.starts_with("OK ") {
         bail!("handshake answered {ok:?}");
     }
-    let (main0, total0) = cpu(pid)?;
+    let (main0, total0) = cpu_us(pid)?;
     let start = Instant::now();
     let mut echo = [0u8; 6];
     for _ in 0..trips {
@@ -67,7 +52,7 @@ fn echoes(uds: &Path, pid: u32, trips: u32) -> anyhow::Result<(f64, f64, f64)> {
         }
     }
     let wall = start.elapsed().as_secs_f64() * 1e6;
-    let (main1, total1) = cpu(pid)?;
+    let (main1, total1) = cpu_us(pid)?;
     let n = f64::from(trips);
     Ok(((main1 - main0) / n, (total1 - total0) / n, wall / n))
 }
@@ -115,19 +100,5 @@ fn main() -> anyhow::Result<()> {
         total.push(t);
         wall.push(w);
     }
-    for (what, xs) in [
-        ("event-loop (device) CPU per round trip", &main),
-        (
-            "whole herd-vmm CPU per round trip (incl. PVM emulation)",
-            &total,
-        ),
-        ("wall time per round trip", &wall),
-    ] {
-        let s = summarize(xs).context("no runs")?;
-        println!(
-            "{what}: median {:.1} us (min {:.1}, max {:.1})",
-            s.p50, s.min, s.max
-        );
-    }
-    Ok(())
+    report_costs("round trip", &main, &total, &wall)
 }
