@@ -15,9 +15,40 @@ pub mod vsock;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
 
 pub use virtio_queue::{Queue, QueueT};
+
+/// Answers a read of a device's configuration space laid out as `config`: bytes past its end
+/// read as zero, as the spec asks of fields a device does not offer.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Completes every chain the guest made available on `queue`, one by one: `serve` handles a
+/// chain and returns how many bytes it wrote into it. Returns whether any chain was used; a
+/// fault of the queue itself stops at once.
+pub fn complete_each(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<bool, QueueFault> {
+    let mut used = false;
+    loop {
+        let Some(chain) = queue.iter(mem).map_err(QueueFault)?.next() else {
+            return Ok(used);
+        };
+        let head = chain.head_index();
+        let len = serve(chain);
+        queue.add_used(mem, head, len).map_err(QueueFault)?;
+        used = true;
+    }
+}
 
 /// Feature bit: the device speaks virtio 1.x (required; we offer no legacy interface).
 pub const VIRTIO_F_VERSION_1: u32 = 32;

@@ -17,12 +17,12 @@ mod tests;
 
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
     InterruptSignal, Queue, QueueFault, QueueT, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError,
-    device_type,
+    complete_each, device_type, read_config_bytes,
 };
 use crate::logging::RateLimit;
 pub use disk::{CacheMode, Disk, DiskError};
@@ -145,19 +145,10 @@ impl Active {
         limits: Limits,
         log: &RateLimit,
     ) -> Result<bool, QueueFault> {
-        let mut used = false;
-        loop {
-            let chain = match self.queue.iter(&self.mem).map_err(QueueFault)?.next() {
-                Some(chain) => chain,
-                None => return Ok(used),
-            };
-            let head = chain.head_index();
-            let len = serve(disk, limits, &self.mem, chain, self.write_through, log);
-            self.queue
-                .add_used(&self.mem, head, len)
-                .map_err(QueueFault)?;
-            used = true;
-        }
+        let (mem, write_through) = (&self.mem, self.write_through);
+        complete_each(&mut self.queue, mem, |chain| {
+            serve(disk, limits, mem, chain, write_through, log)
+        })
     }
 }
 
@@ -185,12 +176,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let config = self.config_space();
-        if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

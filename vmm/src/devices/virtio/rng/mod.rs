@@ -12,12 +12,12 @@ mod tests;
 
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{
     InterruptSignal, Queue, QueueFault, QueueT, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError,
-    device_type,
+    complete_each, device_type,
 };
 use crate::logging::RateLimit;
 
@@ -129,24 +129,15 @@ fn fill_request(
 impl Active {
     /// Completes every available request; returns whether any was.
     fn drain(&mut self, buf: &mut Vec<u8>, log: &RateLimit) -> Result<bool, QueueFault> {
-        let mut used = false;
-        loop {
-            let chain = match self.queue.iter(&self.mem).map_err(QueueFault)?.next() {
-                Some(chain) => chain,
-                None => return Ok(used),
-            };
-            let head = chain.head_index();
-            let len = fill_request(&self.mem, chain, buf).unwrap_or_else(|e| {
+        let mem = &self.mem;
+        complete_each(&mut self.queue, mem, |chain| {
+            fill_request(mem, chain, buf).unwrap_or_else(|e| {
                 if log.allow() {
                     tracing::warn!(device = "virtio-rng", "request gets 0 bytes: {e}");
                 }
                 0
-            });
-            self.queue
-                .add_used(&self.mem, head, len)
-                .map_err(QueueFault)?;
-            used = true;
-        }
+            })
+        })
     }
 }
 

@@ -27,7 +27,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{
     InterruptSignal, Queue, QueueFault, QueueT, VIRTIO_F_VERSION_1, VirtioDevice, VirtioError,
-    device_type,
+    device_type, read_config_bytes,
 };
 use crate::logging::RateLimit;
 pub use muxer::{Muxer, MuxerError};
@@ -228,13 +228,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let config = self.cid.to_le_bytes();
-        let Some(from) = usize::try_from(offset).ok().filter(|&o| o < config.len()) else {
-            return;
-        };
-        let n = data.len().min(config.len() - from);
-        data[..n].copy_from_slice(&config[from..from + n]);
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
