@@ -3,9 +3,54 @@
 //! guest's driver). The device benchmarks difference these over many requests, because /proc
 //! counts in 10 ms clock ticks.
 
-use anyhow::Context;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
 
 use crate::stats::summarize;
+
+/// CPU times of a herd-vmm in microseconds, and the wall time from spawn to the sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub main_us: f64,
+    pub total_us: f64,
+    pub wall_us: f64,
+}
+
+/// Spawns `cmd` (a herd-vmm whose guest halts when done, or `ip netns exec` of one: it execs in
+/// place, so the pid is herd-vmm's) and reads its stdout until `done(line)` says the guest's
+/// work is over (an error aborts); then samples its CPU time and kills it, whatever happened.
+pub fn sample_until(
+    mut cmd: Command,
+    mut done: impl FnMut(&str) -> anyhow::Result<bool>,
+) -> anyhow::Result<Sample> {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let pid = child.id();
+    let out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut finished = Ok(false);
+    for line in out.lines() {
+        finished = line.map_err(anyhow::Error::from).and_then(|l| done(&l));
+        if !matches!(finished, Ok(false)) {
+            break;
+        }
+    }
+    let wall_us = start.elapsed().as_secs_f64() * 1e6;
+    let cpu = cpu_us(pid);
+    child.kill()?;
+    child.wait()?;
+    if !finished? {
+        bail!("the guest never finished its work");
+    }
+    let (main_us, total_us) = cpu?;
+    Ok(Sample {
+        main_us,
+        total_us,
+        wall_us,
+    })
+}
 
 /// utime + stime (fields 14 and 15) of a /proc stat line, in microseconds.
 pub fn stat_cpu_us(stat: &str) -> anyhow::Result<f64> {

@@ -6,14 +6,12 @@
 //! with one pair is the baseline; the difference over the extra requests is the cost per
 //! request. /proc counts in clock ticks (10 ms), so use enough requests.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use herd_benches::proc_cpu::{report_costs, stat_cpu_us};
+use herd_benches::proc_cpu::{Sample, report_costs, sample_until};
 
 /// Measure host CPU time per virtio-blk request.
 #[derive(Debug, Parser)]
@@ -29,50 +27,20 @@ struct Args {
     vmm: Option<PathBuf>,
 }
 
-/// CPU times in microseconds and the wall time to the last request.
-struct Sample {
-    main_us: f64,
-    total_us: f64,
-    wall_us: f64,
-}
-
 fn run(vmm: &PathBuf, disk: &std::path::Path, pairs: u32) -> anyhow::Result<Sample> {
     let cmdline =
         format!("probe.blk.write=0:1:8 probe.blk.read=0:8 probe.blk.repeat={pairs} probe.end=halt");
-    let start = Instant::now();
-    let mut child = Command::new(vmm)
-        .arg("--kernel")
-        .arg(herd_tests::probe::pvh_elf())
-        .args(["--cmdline", &cmdline, "--disk"])
-        .arg(disk)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let out = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut done = false;
-    for line in out.lines() {
-        let line = line?;
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--kernel").arg(herd_tests::probe::pvh_elf());
+    cmd.args(["--cmdline", &cmdline, "--disk"]).arg(disk);
+    sample_until(cmd, |line| {
         if line.contains("blk repeat=") || (pairs <= 1 && line.contains("blk read sector=")) {
-            done = true;
             if line.contains("errors=") && !line.ends_with("errors=0") {
                 bail!("requests failed: {line}");
             }
-            break;
+            return Ok(true);
         }
-    }
-    let wall_us = start.elapsed().as_secs_f64() * 1e6;
-    let main = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"));
-    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-    child.kill()?;
-    child.wait()?;
-    if !done {
-        bail!("the probe never finished its requests");
-    }
-    Ok(Sample {
-        main_us: stat_cpu_us(&main?)?,
-        total_us: stat_cpu_us(&total?)?,
-        wall_us,
+        Ok(false)
     })
 }
 

@@ -6,14 +6,12 @@
 //! A one-frame run is the baseline. Only the transmit path is measured; receive needs a host
 //! sender and is covered by the end-to-end tests.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use herd_benches::proc_cpu::{report_costs, stat_cpu_us};
+use herd_benches::proc_cpu::{Sample, report_costs, sample_until};
 
 /// Measure host CPU time per virtio-net frame sent by the guest.
 #[derive(Debug, Parser)]
@@ -29,51 +27,17 @@ struct Args {
     vmm: Option<PathBuf>,
 }
 
-/// CPU times in microseconds and the wall time to the last frame.
-struct Sample {
-    main_us: f64,
-    total_us: f64,
-    wall_us: f64,
-}
-
 fn run(vmm: &PathBuf, ns: &herd_tests::netns::NetNs, frames: u32) -> anyhow::Result<Sample> {
     let cmdline = format!("probe.net.tx={frames} probe.end=halt");
-    let start = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(vmm)
-        .arg("--kernel")
-        .arg(herd_tests::probe::pvh_elf())
-        .args(["--cmdline", &cmdline, "--net", "tap0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    // `ip netns exec` execs herd-vmm in place, so the pid is herd-vmm's.
-    let pid = child.id();
-    let out = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut done = false;
-    for line in out.lines() {
-        let line = line?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()]).arg(vmm);
+    cmd.arg("--kernel").arg(herd_tests::probe::pvh_elf());
+    cmd.args(["--cmdline", &cmdline, "--net", "tap0"]);
+    sample_until(cmd, |line| {
         if line.starts_with("probe: net error") {
             bail!("the probe failed: {line}");
         }
-        if line.starts_with("probe: net tx=") {
-            done = true;
-            break;
-        }
-    }
-    let wall_us = start.elapsed().as_secs_f64() * 1e6;
-    let main = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"));
-    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-    child.kill()?;
-    child.wait()?;
-    if !done {
-        bail!("the probe never finished sending");
-    }
-    Ok(Sample {
-        main_us: stat_cpu_us(&main?)?,
-        total_us: stat_cpu_us(&total?)?,
-        wall_us,
+        Ok(line.starts_with("probe: net tx="))
     })
 }
 
