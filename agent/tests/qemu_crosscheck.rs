@@ -74,95 +74,135 @@ fn combined_initrd(initramfs: &Path, instance: &InstanceConfig, out: &Path) {
     std::fs::write(out, bytes).unwrap();
 }
 
-#[test]
-fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    }
-    let Some(kernel) = kernel_dir() else {
-        return skip("guest kernel not built (guest-kernel/build.sh)");
-    };
-    let hello = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("hello");
-    assert!(
-        hello.is_file(),
-        "{} missing: cargo build --workspace --bins",
-        hello.display()
-    );
-    let home = tempfile::tempdir().unwrap();
-    let vmlinux = kernel.join("vmlinux");
-    herd(
-        home.path(),
-        &[
+/// A store with `hello:1` built from the workspace's `hello` and our kernel, plus `extra`
+/// build flags; `None` (a recorded skip) when QEMU or the kernel is missing.
+struct HelloImage {
+    home: tempfile::TempDir,
+    kernel: PathBuf,
+    inspect: serde_json::Value,
+}
+
+impl HelloImage {
+    fn build(extra: &[&str]) -> Option<Self> {
+        if Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+            return None;
+        }
+        let Some(kernel) = kernel_dir() else {
+            skip("guest kernel not built (guest-kernel/build.sh)");
+            return None;
+        };
+        let exe = std::env::current_exe().unwrap();
+        let hello = exe.parent().unwrap().parent().unwrap().join("hello");
+        assert!(
+            hello.is_file(),
+            "{} missing: cargo build --workspace --bins",
+            hello.display()
+        );
+        let home = tempfile::tempdir().unwrap();
+        let vmlinux = kernel.join("vmlinux");
+        let mut args = vec![
             "build",
             "--binary",
             hello.to_str().unwrap(),
             "--name",
             "hello",
-            "--version",
-            "1",
-            "--env",
-            "FROM_IMAGE=yes",
-            "--kernel",
-            vmlinux.to_str().unwrap(),
-        ],
-    );
-    let inspect: serde_json::Value =
-        serde_json::from_str(&herd(home.path(), &["image", "inspect", "hello:1"])).unwrap();
-    let initramfs = PathBuf::from(inspect["initramfs"]["path"].as_str().unwrap());
-    let instance = InstanceConfig {
-        instance_id: "hello-qemu".into(),
-        hostname: "hello-qemu".into(),
-        env: [
-            ("STAGE".into(), "qemu".into()),
-            ("EXIT_STATUS".into(), "42".into()),
-        ]
-        .into(),
-        args: Some(vec!["a".into(), "b c".into()]),
+        ];
+        args.extend(["--version", "1", "--kernel", vmlinux.to_str().unwrap()]);
+        args.extend(extra);
+        herd(home.path(), &args);
+        let inspect = herd(home.path(), &["image", "inspect", "hello:1"]);
+        let inspect = serde_json::from_str(&inspect).unwrap();
+        Some(Self {
+            home,
+            kernel,
+            inspect,
+        })
+    }
+
+    /// The image's initramfs with `instance` appended, as herd-vmm would place it.
+    fn initrd(&self, instance: &InstanceConfig) -> PathBuf {
+        let initramfs = PathBuf::from(self.inspect["initramfs"]["path"].as_str().unwrap());
+        let initrd = self.home.path().join("initrd.cpio");
+        combined_initrd(&initramfs, instance, &initrd);
+        initrd
+    }
+
+    /// Boots `kernel` (a file in the kernel directory) on QEMU `machine` with `devices`, the
+    /// instance's initrd, the image's command line and a debug-exit device on port 0xf4.
+    fn boot(
+        &self,
+        machine: &str,
+        kernel: &str,
+        devices: &[String],
+        instance: &InstanceConfig,
+    ) -> (Option<i32>, String) {
+        let cmdline = self.inspect["config"]["kernel"]["cmdline"]
+            .as_str()
+            .unwrap();
+        let out = Command::new("timeout")
+            .args([
+                "300",
+                "qemu-system-x86_64",
+                "-M",
+                machine,
+                "-cpu",
+                "max",
+                "-m",
+                "256",
+            ])
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+            ])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+            .args(devices)
+            .arg("-kernel")
+            .arg(self.kernel.join(kernel))
+            .arg("-initrd")
+            .arg(self.initrd(instance))
+            .args(["-append", cmdline])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// The instance configuration both checks inject.
+fn instance(id: &str, env: &[(&str, &str)], args: &[&str]) -> InstanceConfig {
+    InstanceConfig {
+        instance_id: id.into(),
+        hostname: id.into(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        args: Some(args.iter().map(|a| a.to_string()).collect()),
         network: None,
+    }
+}
+
+#[test]
+fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
+    let Some(image) = HelloImage::build(&["--env", "FROM_IMAGE=yes"]) else {
+        return;
     };
-    let initrd = home.path().join("initrd.cpio");
-    combined_initrd(&initramfs, &instance, &initrd);
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-M",
-            "pc",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-            "-nographic",
-            "-nodefaults",
-            "-no-reboot",
-        ])
-        .args([
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x01",
-        ])
-        .arg("-kernel")
-        .arg(kernel.join("bzImage"))
-        .arg("-initrd")
-        .arg(&initrd)
-        .args([
-            "-append",
-            inspect["config"]["kernel"]["cmdline"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout);
+    let inst = instance(
+        "hello-qemu",
+        &[("STAGE", "qemu"), ("EXIT_STATUS", "42")],
+        &["a", "b c"],
+    );
+    let (status, console) = image.boot("pc", "bzImage", &[], &inst);
     for line in [
         "hello from herd: 2 argument(s)",
         "arg 0 a",
@@ -175,7 +215,7 @@ fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
     }
     assert!(!console.contains("herd-init: warning"), "{console}");
     assert_eq!(
-        out.status.code(),
+        status,
         Some((42 << 1) | 1),
         "the app's status reached port 0xf4:\n{console}"
     );
@@ -183,99 +223,25 @@ fn image_runs_its_app_with_the_appended_config_under_qemu_tcg() {
 
 #[test]
 fn rootfs_image_switches_root_to_its_ext4_disk_under_qemu_microvm() {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    }
     if Command::new("mkfs.ext4").arg("-V").output().is_err() {
         return skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
     }
-    let Some(kernel) = kernel_dir() else {
-        return skip("guest kernel not built (guest-kernel/build.sh)");
+    let Some(image) = HelloImage::build(&["--rootfs", "ext4"]) else {
+        return;
     };
-    let hello = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("hello");
-    assert!(
-        hello.is_file(),
-        "{} missing: cargo build --workspace --bins",
-        hello.display()
-    );
-    let home = tempfile::tempdir().unwrap();
-    let vmlinux = kernel.join("vmlinux");
-    let build = [
-        "build",
-        "--binary",
-        hello.to_str().unwrap(),
-        "--name",
-        "hello",
-        "--version",
-        "1",
-    ];
-    let rootfs = ["--rootfs", "ext4", "--kernel", vmlinux.to_str().unwrap()];
-    herd(home.path(), &[&build[..], &rootfs[..]].concat());
-    let inspect: serde_json::Value =
-        serde_json::from_str(&herd(home.path(), &["image", "inspect", "hello:1"])).unwrap();
-    let initramfs = PathBuf::from(inspect["initramfs"]["path"].as_str().unwrap());
-    let disk = inspect["rootfs"]["path"]
+    let disk = image.inspect["rootfs"]["path"]
         .as_str()
-        .expect("image has a rootfs layer")
-        .to_owned();
-    let instance = InstanceConfig {
-        instance_id: "hello-rootfs".into(),
-        hostname: "hello-rootfs".into(),
-        env: [("EXIT_STATUS".into(), "42".into())].into(),
-        args: Some(vec!["from-disk".into()]),
-        network: None,
-    };
-    let initrd = home.path().join("initrd.cpio");
-    combined_initrd(&initramfs, &instance, &initrd);
+        .expect("image has a rootfs layer");
+    let devices = [
+        "-drive".to_owned(),
+        format!("id=root,file={disk},format=raw,if=none,readonly=on"),
+        "-device".to_owned(),
+        "virtio-blk-device,drive=root".to_owned(),
+    ];
+    let inst = instance("hello-rootfs", &[("EXIT_STATUS", "42")], &["from-disk"]);
     // microvm puts its virtio-mmio devices on the kernel command line itself, as herd-vmm does.
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-M",
-            "microvm,acpi=off,isa-serial=on,rtc=off",
-        ])
-        .args([
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-            "-nographic",
-            "-nodefaults",
-            "-no-reboot",
-        ])
-        .args([
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x01",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "id=root,file={disk},format=raw,if=none,readonly=on"
-        ))
-        .args(["-device", "virtio-blk-device,drive=root"])
-        .arg("-kernel")
-        .arg(&vmlinux)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args([
-            "-append",
-            inspect["config"]["kernel"]["cmdline"].as_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout);
+    let machine = "microvm,acpi=off,isa-serial=on,rtc=off";
+    let (status, console) = image.boot(machine, "vmlinux", &devices, &inst);
     for line in [
         "hello from herd: 1 argument(s)",
         "arg 0 from-disk",
@@ -284,7 +250,7 @@ fn rootfs_image_switches_root_to_its_ext4_disk_under_qemu_microvm() {
         assert!(console.contains(line), "missing {line:?} in:\n{console}");
     }
     assert_eq!(
-        out.status.code(),
+        status,
         Some((42 << 1) | 1),
         "status via port 0xf4:\n{console}"
     );
