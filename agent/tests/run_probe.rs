@@ -43,6 +43,14 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     Some((vmm, probe))
 }
 
+/// A `Herd` with an empty store of its own, and the probe image path; `None` (a recorded
+/// skip) without KVM.
+fn fresh_store() -> Option<(Herd, PathBuf)> {
+    let (vmm, probe) = prerequisites()?;
+    let home = tempfile::tempdir().unwrap();
+    Some((Herd { home, vmm }, probe))
+}
+
 struct Herd {
     home: tempfile::TempDir,
     vmm: PathBuf,
@@ -112,12 +120,8 @@ fn instance_config(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn run_injects_each_environment_at_boot_and_the_image_digest_never_changes() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     let digest = probe_image(&herd, &probe, 7);
     let envs = tempfile::tempdir().unwrap();
@@ -184,12 +188,8 @@ fn run_injects_each_environment_at_boot_and_the_image_digest_never_changes() {
 
 #[test]
 fn sigterm_to_herd_run_asks_the_guest_to_stop_and_returns_its_status() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     probe_image_with(&herd, &probe, "console=ttyS0 probe.end=control exit=33");
     let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
@@ -223,12 +223,8 @@ fn sigterm_to_herd_run_asks_the_guest_to_stop_and_returns_its_status() {
 
 #[test]
 fn run_refuses_unknown_images_and_bad_env_without_booting() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     probe_image(&herd, &probe, 0);
     let out = herd.cmd(&["run", "nope:1"]);
@@ -270,7 +266,7 @@ fn linux_kernel() -> Option<PathBuf> {
 
 #[test]
 fn hello_app_prints_each_environment_and_exits_with_the_requested_status() {
-    let Some((vmm, _)) = prerequisites() else {
+    let Some((herd, _)) = fresh_store() else {
         return;
     };
     if Path::new("/sys/module/kvm_pvm").exists() {
@@ -278,17 +274,7 @@ fn hello_app_prints_each_environment_and_exits_with_the_requested_status() {
         return;
     }
     let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
-    let hello = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("hello");
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
-    };
+    let hello = target_bin("hello");
     herd.ok(&[
         "build",
         "--binary",
@@ -327,12 +313,8 @@ fn hello_app_prints_each_environment_and_exits_with_the_requested_status() {
 /// the instance configuration it reports. Entropy is always attached.
 #[test]
 fn run_attaches_disks_and_puts_the_network_settings_in_the_instance_config() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     probe_image_with(&herd, &probe, "console=ttyS0 probe.blk.read=0:1 exit=5");
     let disk = herd.home.path().join("data.img");
@@ -377,12 +359,8 @@ fn run_attaches_disks_and_puts_the_network_settings_in_the_instance_config() {
 
 #[test]
 fn run_refuses_bad_device_flags_without_booting() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     probe_image(&herd, &probe, 0);
     for (args, needle) in [
@@ -439,15 +417,11 @@ impl Drop for Netns {
 
 #[test]
 fn run_attaches_an_existing_tap_or_one_it_creates_and_removes() {
-    let Some((vmm, probe)) = prerequisites() else {
+    let Some((herd, probe)) = fresh_store() else {
         return;
     };
     let Some(ns) = Netns::create("net") else {
         return;
-    };
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
     };
     probe_image(&herd, &probe, 0);
     let out = ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
@@ -511,17 +485,13 @@ fn target_bin(name: &str) -> PathBuf {
 
 #[test]
 fn ext4_rootfs_image_boots_its_app_from_virtio_blk() {
-    let Some((vmm, _)) = prerequisites() else {
+    let Some((herd, _)) = fresh_store() else {
         return;
     };
     if !hardware_kvm("ext4_rootfs_image_boots_its_app_from_virtio_blk") {
         return;
     }
     let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
-    };
     let hello = target_bin("hello");
     herd.ok(&[
         "build",
@@ -550,7 +520,7 @@ fn ext4_rootfs_image_boots_its_app_from_virtio_blk() {
 
 #[test]
 fn http_app_answers_curl_over_virtio_net_in_a_namespace() {
-    let Some((vmm, _)) = prerequisites() else {
+    let Some((herd, _)) = fresh_store() else {
         return;
     };
     if !hardware_kvm("http_app_answers_curl_over_virtio_net_in_a_namespace") {
@@ -560,10 +530,6 @@ fn http_app_answers_curl_over_virtio_net_in_a_namespace() {
         return;
     };
     let kernel = linux_kernel().expect("guest kernel not built: run guest-kernel/build.sh");
-    let herd = Herd {
-        home: tempfile::tempdir().unwrap(),
-        vmm,
-    };
     let http = target_bin("http");
     let k = kernel.to_str().unwrap();
     herd.ok(&[
