@@ -13,41 +13,11 @@ use std::process::Command;
 
 use herd::run::instance_archive;
 use herd_proto::InstanceConfig;
+use herd_tests::guest_kernel::kernel_dir;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
+/// Records a skip of the cross-check (printed, and in `$HERD_SKIP_LOG` for `.ci/run`).
 fn skip(why: &str) {
-    let line = format!("HERD-SKIP: qemu cross-check: {why}\n");
-    print!("{line}");
-    if let Some(log) = std::env::var_os("HERD_SKIP_LOG") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
-    }
-}
-
-fn kernel_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("HERD_KERNEL_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let out = Command::new(workspace().join("guest-kernel/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .ok()?;
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()?
-        .trim()
-        .to_owned();
-    out.status.success().then(|| PathBuf::from(dir))
+    herd_tests::vm::skip("qemu cross-check", why);
 }
 
 fn herd(home: &Path, args: &[&str]) -> String {

@@ -5,42 +5,23 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use herd_tests::guest_kernel::kernel_dir;
+use herd_tests::vm::kvm_available;
 
-/// herd-vmm and the probe, built by the workspace (`cargo build --workspace`).
+/// herd-vmm and the probe, built by the workspace (`cargo build --workspace`); `None` (a
+/// recorded skip) without KVM.
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    let exe = std::env::current_exe().unwrap();
-    let vmm = exe.parent()?.parent()?.join("herd-vmm");
-    let probe = workspace().join("target/herd-probe/probe.elf");
-    if !Path::new("/dev/kvm").exists() {
-        println!("HERD-SKIP: herd run tests: /dev/kvm is missing");
-        if let Some(log) = std::env::var_os("HERD_SKIP_LOG") {
-            let line = "HERD-SKIP: herd run end-to-end tests: /dev/kvm is missing\n";
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap();
-            std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
-        }
+    if !kvm_available("herd run end-to-end tests") {
         return None;
     }
+    let exe = std::env::current_exe().unwrap();
+    let vmm = exe.parent()?.parent()?.join("herd-vmm");
     assert!(
         vmm.is_file(),
         "{} missing: cargo build --workspace first",
         vmm.display()
     );
-    assert!(
-        probe.is_file(),
-        "{} missing: cargo build -p herd-tests first",
-        probe.display()
-    );
-    Some((vmm, probe))
+    Some((vmm, herd_tests::probe::pvh_elf().to_owned()))
 }
 
 /// A `Herd` with an empty store of its own, and the probe image path; `None` (a recorded
@@ -245,23 +226,9 @@ fn run_refuses_unknown_images_and_bad_env_without_booting() {
     );
 }
 
-/// The cached guest kernel (`$HERD_KERNEL_DIR` or guest-kernel/build.sh's cache).
+/// Our guest kernel's vmlinux, from the cache guest-kernel/build.sh fills.
 fn linux_kernel() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("HERD_KERNEL_DIR") {
-        return Some(PathBuf::from(d).join("vmlinux"));
-    }
-    let out = Command::new(workspace().join("guest-kernel/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .ok()?;
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()?
-        .trim()
-        .to_owned();
-    out.status
-        .success()
-        .then(|| PathBuf::from(dir).join("vmlinux"))
+    kernel_dir().map(|d| d.join("vmlinux"))
 }
 
 #[test]

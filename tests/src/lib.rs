@@ -3,6 +3,7 @@
 //! `build.rs` builds the probe guest (`resources/probe`); [`probe`] says where its images are,
 //! [`image`] is the ELF/bzImage plumbing that made them.
 
+pub mod guest_kernel;
 pub mod image;
 pub mod netns;
 pub mod probe;

@@ -11,45 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use herd_tests::guest_kernel::{demo_initrd, kernel_dir};
 use herd_tests::vm::{Finished, TestVm, host_is_pvm, kvm_available, skip};
 
 const DEMO_EXIT: i32 = 42;
 /// CPU features PVM's emulator cannot run (see shared notes): cmpxchg16b, popcnt, SMAP/SMEP
 /// (clac/stac), and XSAVE.
 const PVM_WORKAROUNDS: &str = "clearcpuid=141,151,295,308 noxsave";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-fn script_output(script: &str, args: &[&str]) -> Option<PathBuf> {
-    let out = Command::new(workspace().join(script))
-        .args(args)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return None;
-    }
-    text.lines().last().map(|l| PathBuf::from(l.trim()))
-}
-
-/// The cached kernel directory: `$HERD_KERNEL_DIR`, or what guest-kernel/build.sh built.
-fn kernel_dir() -> Option<PathBuf> {
-    std::env::var_os("HERD_KERNEL_DIR")
-        .map(PathBuf::from)
-        .or_else(|| script_output("guest-kernel/build.sh", &["--print-dir"]))
-}
-
-/// The demo initramfs: `$HERD_DEMO_INITRD`, or built (quickly) from the cached kernel.
-fn demo_initrd() -> Option<PathBuf> {
-    std::env::var_os("HERD_DEMO_INITRD")
-        .map(PathBuf::from)
-        .or_else(|| script_output("resources/demo/build-initramfs.sh", &[]))
-}
 
 fn cmdline() -> String {
     let base =
