@@ -8,6 +8,7 @@
 
 pub mod cpio;
 pub mod embedded;
+pub mod fleet;
 pub mod image;
 pub mod run;
 pub mod store;
