@@ -1,6 +1,8 @@
 //! Fuzzes virtio-blk's request parsing and I/O with a guest that controls guest memory (headers,
-//! buffers, descriptor table, rings), the queue size and ring addresses. The disk is a 64 KiB
-//! temporary file: no panic, no access outside guest memory or beyond the file.
+//! buffers, descriptor table, rings), the queue size and ring addresses, and which of feature
+//! bits 8-15 the driver acks (FLUSH, DISCARD and WRITE_ZEROES among them, so DISCARD and
+//! WRITE_ZEROES requests and their ranges are reached). The disk is a 64 KiB temporary file:
+//! no panic, no access outside guest memory or beyond the file.
 #![no_main]
 
 #[path = "common.rs"]
@@ -33,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         CacheMode::Unsafe
     };
     let mut blk = Block::new(Disk::new(file, DISK_SECTORS, read_only, cache, "fuzz"));
+    // VERSION_1 plus bits 8-15: FLUSH (9), DISCARD (13), WRITE_ZEROES (14) and unoffered ones.
     let features = (1u64 << 32) | u64::from(head[5]) << 8;
     if blk
         .activate(mem, vec![queue], features, Arc::new(NoIrq))

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod bus;
 pub mod config;
+pub mod console_log;
 pub mod devices;
 pub mod event_loop;
 pub mod host;

@@ -62,9 +62,15 @@ struct Cli {
     /// host port P go to `PATH_P` (Firecracker's convention). `PATH` is removed on exit.
     #[arg(long, value_name = "CID,PATH", conflicts_with = "config_file")]
     vsock: Option<String>,
-    /// Write the guest console to this file instead of stdout.
+    /// Write the guest console to this file instead of stdout (created or truncated at start).
     #[arg(long, value_name = "PATH")]
     console_log: Option<PathBuf>,
+    /// Keep the console log under N bytes (at least 4096): when the guest's output would take
+    /// PATH past N, herd-vmm renames it to PATH.1 (replacing an older one) and starts a fresh
+    /// PATH, so PATH.1 then PATH hold the latest output, at most about 2N bytes. A PATH.1 left
+    /// by an earlier run is removed at start [default: no cap].
+    #[arg(long, value_name = "N", requires = "console_log")]
+    console_log_max_bytes: Option<u64>,
     /// On SIGTERM/SIGINT, send the guest a stop request on the control port (COM2) and give
     /// it this many milliseconds to end the VM itself before powering off; a second signal
     /// stops at once [default: stop at once].
@@ -96,6 +102,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
             vcpus: cli.vcpus,
             memory_mib: cli.memory,
             console_log: None,
+            console_log_max_bytes: None,
             stop_grace_ms: None,
             entropy: cli.entropy,
             net: cli
@@ -109,6 +116,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
         },
     };
     raw.console_log = cli.console_log;
+    raw.console_log_max_bytes = cli.console_log_max_bytes;
     raw.stop_grace_ms = cli.stop_grace;
     raw.validate(host::memory_mib())
 }

@@ -18,6 +18,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::BootEntry;
 use crate::bus::{BusError, IoBuses};
 use crate::config::{ConfigError, ConsoleOutput, KernelCmdline, VmConfig};
+use crate::console_log::{ConsoleLogError, RotatingFile};
 use crate::devices::legacy::boot_timer::BOOT_TIMER_LEN;
 use crate::devices::legacy::exit_port::EXIT_PORT;
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
@@ -103,12 +104,8 @@ pub enum VmmError {
     Signals(#[source] vmm_sys_util::errno::Error),
     #[error("event loop failed")]
     EventLoop(#[source] event_manager::Error),
-    #[error("console log {path}")]
-    ConsoleLog {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    ConsoleLog(#[from] ConsoleLogError),
 }
 
 /// A built VM, ready to run.
@@ -339,12 +336,14 @@ fn create_vcpus(vm: &Vm, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, VmmEr
 fn open_console(console: &ConsoleOutput) -> Result<ConsoleWriter, VmmError> {
     Ok(match console {
         ConsoleOutput::Stdout => Box::new(io::stdout()),
-        ConsoleOutput::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmmError::ConsoleLog {
-                path: path.clone(),
-                source,
-            })?)
-        }
+        ConsoleOutput::File {
+            path,
+            max_bytes: None,
+        } => Box::new(File::create(path).map_err(|e| ConsoleLogError::Create(path.clone(), e))?),
+        ConsoleOutput::File {
+            path,
+            max_bytes: Some(max),
+        } => Box::new(RotatingFile::create(path, *max)?),
     })
 }
 
@@ -506,9 +505,8 @@ impl VmmError {
             _ => DATA,
         };
         match self {
-            VmmError::OpenFile { source, .. } | VmmError::ConsoleLog { source, .. } => {
-                io_code(source)
-            }
+            VmmError::OpenFile { source, .. } => io_code(source),
+            VmmError::ConsoleLog(e) => io_code(e.io()),
             VmmError::Drive {
                 source: DiskError::Open(_, e),
                 ..
@@ -525,7 +523,7 @@ impl VmmError {
             VmmError::Tap { source, .. } => match source {
                 TapError::Missing => NO_INPUT,
                 TapError::Busy(_) => UNAVAILABLE,
-                TapError::OpenTun(e) | TapError::SetIff(e) => io_code(e),
+                TapError::OpenTun(e) | TapError::SetIff(e) | TapError::Offload(e) => io_code(e),
                 _ => DATA,
             },
             VmmError::Vsock { source, .. } => match source {

@@ -23,6 +23,7 @@ fn help_documents_flags_and_exit_statuses_and_exits_zero() {
         "--memory",
         "--config-file",
         "--console-log",
+        "--console-log-max-bytes",
     ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
@@ -56,4 +57,35 @@ fn missing_config_file_is_named_with_status_66() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn console_log_cap_below_4096_bytes_is_a_usage_error_naming_the_flag() {
+    let out = herd_vmm(&[
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--console-log",
+        "/nonexistent/console.log",
+        "--console-log-max-bytes",
+        "4095",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--console-log-max-bytes 4095 is below the minimum of 4096 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn console_log_cap_without_a_console_log_is_a_usage_error() {
+    let out = herd_vmm(&[
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--console-log-max-bytes",
+        "8192",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--console-log <PATH>"), "{err}");
 }

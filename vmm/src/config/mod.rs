@@ -14,6 +14,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::console_log::MIN_MAX_BYTES;
+
 pub use drive::{DriveConfig, DriveError};
 pub use firecracker::parse_firecracker_config;
 pub use net::{MacAddr, NetConfig, NetConfigError, RawNetConfig, parse_net_flag, validate_net};
@@ -59,6 +61,10 @@ pub enum ConfigError {
     Drive(#[from] DriveError),
     #[error(transparent)]
     Vsock(#[from] VsockConfigError),
+    #[error("--console-log-max-bytes {0} is below the minimum of {MIN_MAX_BYTES} bytes")]
+    ConsoleLogMaxBytes(u64),
+    #[error("--console-log-max-bytes needs --console-log")]
+    ConsoleLogMaxBytesWithoutLog,
     #[error("config file {file}: field `{field}`: {why}")]
     Unsupported {
         file: PathBuf,
@@ -72,8 +78,23 @@ pub enum ConfigError {
 pub enum ConsoleOutput {
     /// herd-vmm's standard output.
     Stdout,
-    /// A file, created or truncated when the VM starts.
-    File(PathBuf),
+    /// A file, created or truncated when the VM starts; with `max_bytes`, rotated to
+    /// `PATH.1` instead of growing past it (see [`crate::console_log`]).
+    File {
+        path: PathBuf,
+        max_bytes: Option<u64>,
+    },
+}
+
+impl ConsoleOutput {
+    fn new(path: Option<PathBuf>, max_bytes: Option<u64>) -> Result<Self, ConfigError> {
+        match (path, max_bytes) {
+            (None, None) => Ok(Self::Stdout),
+            (None, Some(_)) => Err(ConfigError::ConsoleLogMaxBytesWithoutLog),
+            (Some(_), Some(n)) if n < MIN_MAX_BYTES => Err(ConfigError::ConsoleLogMaxBytes(n)),
+            (Some(path), max_bytes) => Ok(Self::File { path, max_bytes }),
+        }
+    }
 }
 
 /// Number of vCPUs, guaranteed to be in `MIN_VCPUS..=MAX_VCPUS`.
@@ -197,6 +218,7 @@ pub struct RawVmConfig {
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
     pub console_log: Option<PathBuf>,
+    pub console_log_max_bytes: Option<u64>,
     pub stop_grace_ms: Option<u64>,
     pub entropy: bool,
     pub net: Vec<RawNetConfig>,
@@ -219,10 +241,7 @@ impl RawVmConfig {
             cmdline: KernelCmdline::new(cmdline)?,
             vcpus: VcpuCount::new(self.vcpus.unwrap_or(DEFAULT_VCPUS))?,
             memory: MemorySize::new(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), host_mib)?,
-            console: match self.console_log {
-                Some(path) => ConsoleOutput::File(path),
-                None => ConsoleOutput::Stdout,
-            },
+            console: ConsoleOutput::new(self.console_log, self.console_log_max_bytes)?,
             stop_grace: self.stop_grace_ms.map(Duration::from_millis),
             entropy: self.entropy,
             net: validate_net(self.net)?,
@@ -259,6 +278,42 @@ mod tests {
         assert_eq!(cfg.memory.mib(), 128);
         assert_eq!(cfg.cmdline.as_str(), DEFAULT_CMDLINE);
         assert_eq!(cfg.console, ConsoleOutput::Stdout);
+    }
+
+    #[test]
+    fn console_log_cap_needs_a_log_and_at_least_4096_bytes() {
+        let with = |path: Option<&str>, max: Option<u64>| {
+            RawVmConfig {
+                console_log: path.map(PathBuf::from),
+                console_log_max_bytes: max,
+                ..raw()
+            }
+            .validate(HOST)
+        };
+        let err = with(Some("c.log"), Some(4095)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ConsoleLogMaxBytes(4095)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--console-log-max-bytes"), "{err}");
+        let err = with(None, Some(4096)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::ConsoleLogMaxBytesWithoutLog),
+            "{err}"
+        );
+        let want = ConsoleOutput::File {
+            path: "c.log".into(),
+            max_bytes: Some(4096),
+        };
+        assert_eq!(with(Some("c.log"), Some(4096)).unwrap().console, want);
+        let uncapped = with(Some("c.log"), None).unwrap().console;
+        assert!(matches!(
+            uncapped,
+            ConsoleOutput::File {
+                max_bytes: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! `virtio_net_hdr_v1` in front of every frame (`IFF_VNET_HDR`, header size 12), and
 //! non-blocking frame reads and writes. We never create an interface: if the name is not an
 //! existing TAP the kernel would make one, so its absence is checked first in sysfs.
+//!
+//! Offloads (`TUNSETOFFLOAD`) say which checksum and segmentation work frames *read* from the
+//! TAP may leave to the reader (the guest). At open we find out which the kernel accepts
+//! ([`probe_offloads`]: everything at once, else one flag at a time) and then turn them all
+//! off: until a guest driver acks the matching virtio features, the host kernel must hand us
+//! finished frames. Frames *written* with a header asking for checksum or segmentation are
+//! always accepted by a TAP with `IFF_VNET_HDR`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -13,6 +20,20 @@ use std::path::Path;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// Offload flag: frames may carry a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+pub const TUN_F_CSUM: u32 = 0x01;
+/// Offload flag: frames may be TCP/IPv4 segmentation jobs (needs `TUN_F_CSUM`).
+pub const TUN_F_TSO4: u32 = 0x02;
+/// Offload flag: frames may be TCP/IPv6 segmentation jobs (needs `TUN_F_CSUM`).
+pub const TUN_F_TSO6: u32 = 0x04;
+/// Offload flag: segmentation jobs may have the ECN bit (needs `TUN_F_TSO4` or `TUN_F_TSO6`).
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+/// Offload flag: frames may be UDP fragmentation jobs (needs `TUN_F_CSUM`).
+pub const TUN_F_UFO: u32 = 0x10;
+/// Every offload flag we ask for.
+pub const TUN_F_ALL: u32 = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_UFO;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -38,6 +59,8 @@ pub enum TapError {
     SetIff(#[source] io::Error),
     #[error("cannot set the virtio-net header size (TUNSETVNETHDRSZ)")]
     VnetHdr(#[source] io::Error),
+    #[error("cannot turn the TAP's offloads off (TUNSETOFFLOAD)")]
+    Offload(#[source] io::Error),
 }
 
 /// The `struct ifreq` layout TUNSETIFF reads: name, flags, padding to 40 bytes.
@@ -53,6 +76,8 @@ struct IfReq {
 pub struct Tap {
     file: File,
     name: String,
+    /// The `TUN_F_*` flags the kernel accepted for this TAP.
+    offloads: u32,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -108,10 +133,36 @@ impl Tap {
         if rc < 0 {
             return Err(TapError::VnetHdr(io::Error::last_os_error()));
         }
-        Ok(Self {
+        let mut tap = Self {
             file,
             name: name.to_owned(),
-        })
+            offloads: 0,
+        };
+        let accepted = probe_offloads(|flags| tap.set_offloads(flags).is_ok());
+        tap.offloads = accepted;
+        tap.set_offloads(0).map_err(TapError::Offload)?;
+        Ok(tap)
+    }
+
+    /// The `TUN_F_*` offload flags this TAP accepts.
+    pub fn offloads(&self) -> u32 {
+        self.offloads
+    }
+
+    /// Sets the offloads frames read from the TAP may carry (`TUN_F_*`; 0 for none).
+    pub fn set_offloads(&self, flags: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned int), no pointer.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The interface name.
@@ -141,6 +192,30 @@ impl Tap {
     }
 }
 
+/// Which of [`TUN_F_ALL`] a TAP accepts, given `try_set` (a `TUNSETOFFLOAD` that reports
+/// success): all at once in the common case, else checksum alone and then each extra with it
+/// (ECN together with the segmentation flags found, the only way the kernel takes it). A kernel
+/// refuses flags it does not know with `EINVAL`, which is what makes this work.
+pub fn probe_offloads(mut try_set: impl FnMut(u32) -> bool) -> u32 {
+    if try_set(TUN_F_ALL) {
+        return TUN_F_ALL;
+    }
+    if !try_set(TUN_F_CSUM) {
+        return 0;
+    }
+    let mut ok = TUN_F_CSUM;
+    for extra in [TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO] {
+        if try_set(TUN_F_CSUM | extra) {
+            ok |= extra;
+        }
+    }
+    let tso = ok & (TUN_F_TSO4 | TUN_F_TSO6);
+    if tso != 0 && try_set(TUN_F_CSUM | tso | TUN_F_TSO_ECN) {
+        ok |= TUN_F_TSO_ECN;
+    }
+    ok
+}
+
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
@@ -160,5 +235,25 @@ mod tests {
         // `lo` exists everywhere and is not a TAP.
         assert!(matches!(Tap::open("lo"), Err(TapError::NotTap)));
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
+    }
+
+    #[test]
+    fn offload_probing_keeps_what_the_kernel_accepts() {
+        assert_eq!(probe_offloads(|_| true), TUN_F_ALL);
+        assert_eq!(probe_offloads(|_| false), 0);
+        // A kernel without UFO: the full set fails, the rest is found one by one.
+        let mut tried = Vec::new();
+        let no_ufo = probe_offloads(|f| {
+            tried.push(f);
+            f & TUN_F_UFO == 0
+        });
+        assert_eq!(no_ufo, TUN_F_ALL & !TUN_F_UFO);
+        assert_eq!(tried.last(), Some(&(TUN_F_ALL & !TUN_F_UFO)));
+        // Checksum only: ECN is never tried without a segmentation flag.
+        let csum_only = probe_offloads(|f| {
+            assert_ne!(f, TUN_F_CSUM | TUN_F_TSO_ECN);
+            f == TUN_F_CSUM
+        });
+        assert_eq!(csum_only, TUN_F_CSUM);
     }
 }

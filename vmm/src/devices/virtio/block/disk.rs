@@ -2,6 +2,12 @@
 //! device, read-only or read-write), then positional reads and writes for requests that
 //! `request::parse` has already checked, through a bounded bounce buffer. A flush is
 //! `fdatasync`, so a completed guest flush means the data is durable in the host file.
+//!
+//! DISCARD and WRITE_ZEROES use `fallocate` with `KEEP_SIZE`: a discard punches a hole; write
+//! zeroes zeroes the range in place (`ZERO_RANGE`) or, when the guest allows unmapping, punches
+//! a hole. Where the file system lacks a mode (`EOPNOTSUPP`), write zeroes tries the other
+//! mode and then writes zero bytes, while a discard, being advisory, does nothing. A mode is
+//! not tried again after its first `EOPNOTSUPP`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -9,7 +15,9 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vmm_sys_util::fallocate::{FallocateMode, fallocate};
 
+use super::ranges::Range;
 use super::request::{ID_LEN, Request, RequestType, SECTOR_SIZE};
 
 /// Largest chunk copied between the file and guest memory at once.
@@ -34,6 +42,10 @@ pub enum DiskError {
     Write(u64, #[source] io::Error),
     #[error("cannot flush the disk")]
     Flush(#[source] io::Error),
+    #[error("cannot discard the disk at byte {0}")]
+    Discard(u64, #[source] io::Error),
+    #[error("cannot write zeroes to the disk at byte {0}")]
+    WriteZeroes(u64, #[source] io::Error),
     #[error("cannot access guest memory")]
     Memory(#[source] vm_memory::GuestMemoryError),
 }
@@ -48,6 +60,13 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// The `fallocate` modes the backing file has not refused with `EOPNOTSUPP` (yet).
+#[derive(Debug, Clone, Copy)]
+struct Fallocate {
+    punch_hole: bool,
+    zero_range: bool,
+}
+
 /// An open backing file.
 #[derive(Debug)]
 pub struct Disk {
@@ -57,6 +76,7 @@ pub struct Disk {
     cache: CacheMode,
     id: [u8; ID_LEN],
     buf: Vec<u8>,
+    fallocate: Fallocate,
 }
 
 impl Disk {
@@ -106,7 +126,21 @@ impl Disk {
             cache,
             id: id_bytes,
             buf: Vec::new(),
+            fallocate: Fallocate {
+                punch_hole: true,
+                zero_range: true,
+            },
         }
+    }
+
+    /// This disk as if its file system supported no `fallocate` mode (tests the fallbacks).
+    #[cfg(test)]
+    pub(super) fn without_fallocate(mut self) -> Self {
+        self.fallocate = Fallocate {
+            punch_hole: false,
+            zero_range: false,
+        };
+        self
     }
 
     /// Size in sectors (a partial last sector is not part of the disk).
@@ -125,7 +159,7 @@ impl Disk {
     }
 
     /// Serves a checked request; returns the bytes written to guest memory (not counting the
-    /// status byte). `write_through` syncs after each write.
+    /// status byte). `write_through` syncs after each request that changes the disk.
     pub fn execute(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -133,20 +167,94 @@ impl Disk {
         write_through: bool,
     ) -> Result<u32, DiskError> {
         match req.kind {
-            RequestType::In => self.transfer(mem, req, true).map(|()| req.len as u32),
-            RequestType::Out => {
-                self.transfer(mem, req, false)?;
-                if write_through {
-                    self.file.sync_data().map_err(DiskError::Flush)?;
-                }
-                Ok(0)
-            }
-            RequestType::Flush => match self.cache {
-                CacheMode::Unsafe => Ok(0),
-                CacheMode::Writeback => self.file.sync_data().map(|()| 0).map_err(DiskError::Flush),
-            },
-            RequestType::GetId => self.get_id(mem, req),
+            RequestType::In => return self.transfer(mem, req, true).map(|()| req.len as u32),
+            RequestType::GetId => return self.get_id(mem, req),
+            RequestType::Flush => return self.flush().map(|()| 0),
+            RequestType::Out => self.transfer(mem, req, false)?,
+            RequestType::Discard => req.ranges.iter().try_for_each(|r| self.discard(r))?,
+            RequestType::WriteZeroes => req.ranges.iter().try_for_each(|r| self.write_zeroes(r))?,
         }
+        // Only the requests that change the disk get here.
+        if write_through {
+            self.file.sync_data().map_err(DiskError::Flush)?;
+        }
+        Ok(0)
+    }
+
+    /// Serves FLUSH: syncs the file unless the cache mode says not to.
+    fn flush(&self) -> Result<(), DiskError> {
+        match self.cache {
+            CacheMode::Unsafe => Ok(()),
+            CacheMode::Writeback => self.file.sync_data().map_err(DiskError::Flush),
+        }
+    }
+
+    /// Deallocates `r`; does nothing where the file system cannot (discard is advisory: the
+    /// spec lets reads of a discarded range return the old data).
+    fn discard(&mut self, r: &Range) -> Result<(), DiskError> {
+        let (offset, len) = r.bytes();
+        self.try_fallocate(FallocateMode::PunchHole, offset, len)
+            .map(drop)
+            .map_err(|e| DiskError::Discard(offset, e))
+    }
+
+    /// Makes `r` read as zeroes: in place, or by a hole where the guest allows unmapping;
+    /// each falls back to the other, then to writing zero bytes.
+    fn write_zeroes(&mut self, r: &Range) -> Result<(), DiskError> {
+        let (offset, len) = r.bytes();
+        let modes = if r.unmap {
+            [FallocateMode::PunchHole, FallocateMode::ZeroRange]
+        } else {
+            [FallocateMode::ZeroRange, FallocateMode::PunchHole]
+        };
+        for mode in modes {
+            let done = self
+                .try_fallocate(mode, offset, len)
+                .map_err(|e| DiskError::WriteZeroes(offset, e))?;
+            if done {
+                return Ok(());
+            }
+        }
+        self.write_zero_bytes(offset, len)
+    }
+
+    /// `fallocate(mode | KEEP_SIZE)` over `len` bytes at `offset`; false if the file system
+    /// does not support `mode` (or the range is empty: fallocate refuses a length of 0).
+    fn try_fallocate(&mut self, mode: FallocateMode, offset: u64, len: u64) -> io::Result<bool> {
+        let supported = match mode {
+            FallocateMode::PunchHole => &mut self.fallocate.punch_hole,
+            FallocateMode::ZeroRange => &mut self.fallocate.zero_range,
+        };
+        if !*supported {
+            return Ok(false);
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        match fallocate(&self.file, mode, true, offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::EOPNOTSUPP => {
+                *supported = false;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `len` zero bytes at `offset`, a chunk at a time.
+    fn write_zero_bytes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.buf.clear();
+        self.buf.resize(CHUNK, 0);
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(CHUNK as u64) as usize;
+            self.file
+                .write_all_at(&self.buf[..n], at)
+                .map_err(|e| DiskError::Write(at, e))?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Copies between the file (from the request's sector) and its data buffers.

@@ -8,9 +8,12 @@
 //! reported to the transport, which sets `DEVICE_NEEDS_RESET`. Either way the VMM goes on.
 //!
 //! Features: `VERSION_1`, `SIZE_MAX` and `SEG_MAX` (the request limits), `BLK_SIZE` (512),
-//! `RO` for a read-only disk, `FLUSH` with the writeback cache mode.
+//! `RO` for a read-only disk, `FLUSH` with the writeback cache mode, and `DISCARD` and
+//! `WRITE_ZEROES` (with their limits in configuration space) on a read-write disk; requests of
+//! a type that was not negotiated get `UNSUPP`.
 
 pub mod disk;
+pub mod ranges;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -26,6 +29,10 @@ use super::{
 };
 use crate::logging::RateLimit;
 pub use disk::{CacheMode, Disk, DiskError};
+use ranges::{
+    DISCARD_ALIGNMENT_SECTORS, MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_RANGES,
+    MAX_WRITE_ZEROES_SECTORS,
+};
 use request::{Limits, MAX_SEGMENT_BYTES, MAX_SEGMENTS, Rejected, SECTOR_SIZE, status};
 
 /// Entries in the request queue.
@@ -38,16 +45,32 @@ pub mod feature {
     pub const RO: u32 = 5;
     pub const BLK_SIZE: u32 = 6;
     pub const FLUSH: u32 = 9;
+    pub const DISCARD: u32 = 13;
+    pub const WRITE_ZEROES: u32 = 14;
 }
 
-/// Bytes of configuration space we fill: capacity, size_max, seg_max, geometry, blk_size.
-pub const CONFIG_LEN: usize = 24;
+/// Bytes of configuration space we lay out: capacity, size_max, seg_max, geometry, blk_size,
+/// topology, writeback, num_queues (those three zero: not offered), then the discard and
+/// write-zeroes limits and `write_zeroes_may_unmap` (virtio 1.2 §5.2.4), padded to a word.
+pub const CONFIG_LEN: usize = 60;
+
+/// Configuration-space offsets of the discard and write-zeroes fields.
+pub mod config {
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    pub const MAX_DISCARD_SEG: usize = 40;
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+}
 
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
     irq: Arc<dyn InterruptSignal>,
     write_through: bool,
+    /// The features the driver acked (and we offered).
+    features: u64,
 }
 
 /// The block device.
@@ -83,13 +106,28 @@ impl Block {
         c[12..16].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
         // 16..20: geometry, not offered.
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        if !self.disk.read_only() {
+            for (at, value) in [
+                (config::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS),
+                (config::MAX_DISCARD_SEG, MAX_DISCARD_RANGES),
+                (config::DISCARD_SECTOR_ALIGNMENT, DISCARD_ALIGNMENT_SECTORS),
+                (config::MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SECTORS),
+                (config::MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_RANGES),
+            ] {
+                c[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            }
+            c[config::WRITE_ZEROES_MAY_UNMAP] = 1;
+        }
         c
     }
 
     fn limits(&self) -> Limits {
+        let acked = self.active.as_ref().map_or(0, |a| a.features);
         Limits {
             sectors: self.disk.sectors(),
             read_only: self.disk.read_only(),
+            discard: acked & (1 << feature::DISCARD) != 0,
+            write_zeroes: acked & (1 << feature::WRITE_ZEROES) != 0,
         }
     }
 }
@@ -168,6 +206,8 @@ impl VirtioDevice for Block {
             | (1 << feature::BLK_SIZE);
         if self.disk.read_only() {
             f |= 1 << feature::RO;
+        } else {
+            f |= (1 << feature::DISCARD) | (1 << feature::WRITE_ZEROES);
         }
         if self.disk.cache() == CacheMode::Writeback {
             f |= 1 << feature::FLUSH;
@@ -201,6 +241,7 @@ impl VirtioDevice for Block {
             queue,
             irq,
             write_through,
+            features: acked_features & self.features(),
         });
         Ok(())
     }

@@ -4,11 +4,15 @@
 //!
 //! Everything the backend later touches is decided here: every buffer lies in guest memory,
 //! the sectors lie inside the disk (with overflow-checked arithmetic), the request is no larger
-//! than advertised, and writes to a read-only disk are refused. A chain with no usable status
-//! descriptor cannot be answered with a status and is completed with 0 bytes.
+//! than advertised, and writes to a read-only disk are refused. DISCARD and WRITE_ZEROES exist
+//! only when negotiated (otherwise `UNSUPP`); their sector ranges are checked in `ranges`. A
+//! chain with no usable status descriptor cannot be answered with a status and is completed
+//! with 0 bytes.
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::ranges::{self, Range};
 
 /// Bytes in a sector, the unit of `capacity` and of the header's `sector`.
 pub const SECTOR_SIZE: u64 = 512;
@@ -27,6 +31,8 @@ pub mod kind {
     pub const OUT: u32 = 1;
     pub const FLUSH: u32 = 4;
     pub const GET_ID: u32 = 8;
+    pub const DISCARD: u32 = 11;
+    pub const WRITE_ZEROES: u32 = 13;
 }
 
 /// Status byte values.
@@ -61,13 +67,25 @@ pub enum RequestError {
     OutOfRange { sector: u64, len: u64 },
     #[error("write to a read-only disk")]
     ReadOnly,
+    #[error("range data of {0} bytes is not a whole number of 16-byte entries")]
+    RangesLength(u64),
+    #[error("{count} ranges, more than {max}")]
+    TooManyRanges { count: u64, max: u32 },
+    #[error("range of {sectors} sectors, more than {max}")]
+    RangeTooLong { sectors: u32, max: u32 },
+    #[error("range flags {0:#x} have bits the spec does not define")]
+    UnknownRangeFlags(u32),
+    #[error("UNMAP flag on a DISCARD range")]
+    UnmapOnDiscard,
 }
 
 impl RequestError {
     /// The status the guest gets for this refusal.
     pub fn status(&self) -> u8 {
         match self {
-            RequestError::UnknownType(_) => status::UNSUPP,
+            RequestError::UnknownType(_)
+            | RequestError::UnknownRangeFlags(_)
+            | RequestError::UnmapOnDiscard => status::UNSUPP,
             _ => status::IOERR,
         }
     }
@@ -84,6 +102,10 @@ pub enum RequestType {
     Flush,
     /// Return the device id string.
     GetId,
+    /// Deallocate the sector ranges (advisory).
+    Discard,
+    /// Make the sector ranges read as zeroes.
+    WriteZeroes,
 }
 
 /// A request whose buffers and sectors have all been checked.
@@ -96,6 +118,8 @@ pub struct Request {
     pub data: Vec<(GuestAddress, u32)>,
     /// Total bytes of `data`.
     pub len: u64,
+    /// The checked sector ranges (`Discard`/`WriteZeroes`).
+    pub ranges: Vec<Range>,
     /// Where the status byte goes.
     pub status: GuestAddress,
 }
@@ -114,6 +138,10 @@ pub struct Limits {
     pub sectors: u64,
     /// Whether writes are refused.
     pub read_only: bool,
+    /// Whether DISCARD was negotiated.
+    pub discard: bool,
+    /// Whether WRITE_ZEROES was negotiated.
+    pub write_zeroes: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -194,13 +222,7 @@ fn parse_body(
         .map_err(|_| RequestError::BadHeader)?;
     let type_ = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let sector = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
-    let (kind, writable) = match type_ {
-        kind::IN => (RequestType::In, true),
-        kind::OUT => (RequestType::Out, false),
-        kind::FLUSH => (RequestType::Flush, false),
-        kind::GET_ID => (RequestType::GetId, true),
-        other => return Err(RequestError::UnknownType(other)),
-    };
+    let (kind, writable) = decode_type(type_, limits)?;
     let data = &descs[1..];
     if data.len() > MAX_SEGMENTS {
         return Err(RequestError::TooManySegments(data.len()));
@@ -219,15 +241,42 @@ fn parse_body(
     if matches!(kind, RequestType::In | RequestType::Out) {
         check_sectors(sector, len, limits)?;
     }
-    if kind == RequestType::Out && limits.read_only {
+    let writes = matches!(
+        kind,
+        RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
+    );
+    if writes && limits.read_only {
         return Err(RequestError::ReadOnly);
     }
+    let data: Vec<_> = data.iter().map(|d| (d.addr, d.len)).collect();
+    let ranges = match kind {
+        RequestType::Discard | RequestType::WriteZeroes => {
+            let discard = kind == RequestType::Discard;
+            ranges::parse(mem, &data, len, discard, limits.sectors)?
+        }
+        _ => Vec::new(),
+    };
     Ok(Request {
         kind,
         sector,
-        data: data.iter().map(|d| (d.addr, d.len)).collect(),
+        data,
         len,
+        ranges,
         status,
+    })
+}
+
+/// The request type of header `type_` and whether its data buffers are device-writable.
+/// DISCARD and WRITE_ZEROES are unknown types unless negotiated.
+fn decode_type(type_: u32, limits: Limits) -> Result<(RequestType, bool), RequestError> {
+    Ok(match type_ {
+        kind::IN => (RequestType::In, true),
+        kind::OUT => (RequestType::Out, false),
+        kind::FLUSH => (RequestType::Flush, false),
+        kind::GET_ID => (RequestType::GetId, true),
+        kind::DISCARD if limits.discard => (RequestType::Discard, false),
+        kind::WRITE_ZEROES if limits.write_zeroes => (RequestType::WriteZeroes, false),
+        other => return Err(RequestError::UnknownType(other)),
     })
 }
 

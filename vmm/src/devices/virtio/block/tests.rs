@@ -427,3 +427,225 @@ fn opening_reports_missing_read_only_and_non_disk_files() {
         1
     );
 }
+
+/// Features a driver that uses discard and write zeroes acks.
+const RANGE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << feature::FLUSH)
+    | (1 << feature::DISCARD)
+    | (1 << feature::WRITE_ZEROES);
+
+/// One `virtio_blk_discard_write_zeroes` entry.
+fn range(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0..8].copy_from_slice(&sector.to_le_bytes());
+    e[8..12].copy_from_slice(&sectors.to_le_bytes());
+    e[12..16].copy_from_slice(&flags.to_le_bytes());
+    e
+}
+
+/// A read-write rig whose driver acked discard and write zeroes, its file synced so that its
+/// blocks are allocated.
+fn rig_ranges() -> Rig {
+    let r = rig_with(false, CacheMode::Writeback, RANGE_FEATURES);
+    r.file.as_file().sync_all().unwrap();
+    r
+}
+
+impl Rig {
+    /// A DISCARD or WRITE_ZEROES request whose data is `entries`, in one descriptor.
+    fn ranges(&mut self, type_: u32, entries: &[[u8; 16]]) -> (u32, u8) {
+        let bytes = entries.concat();
+        self.mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
+        self.request(type_, 0, bytes.len() as u32, 0)
+    }
+
+    /// 512-byte blocks the backing file occupies.
+    fn blocks(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::blocks(&self.file.as_file().metadata().unwrap())
+    }
+
+    /// Checks that sectors `[from, to)` read as zeroes and every other byte is as `before`.
+    fn assert_zeroed(&self, before: &[u8], from: usize, to: usize) {
+        let after = self.file_bytes();
+        assert_eq!(after.len(), before.len(), "file size changed");
+        assert!(after[from * 512..to * 512].iter().all(|&b| b == 0));
+        assert_eq!(after[..from * 512], before[..from * 512]);
+        assert_eq!(after[to * 512..], before[to * 512..]);
+    }
+}
+
+#[test]
+fn discard_punches_a_hole_and_leaves_the_rest() {
+    let mut r = rig_ranges();
+    let (before, blocks) = (r.file_bytes(), r.blocks());
+    assert_eq!(r.ranges(kind::DISCARD, &[range(8, 32, 0)]), (1, status::OK));
+    r.assert_zeroed(&before, 8, 40);
+    assert!(r.blocks() + 32 <= blocks, "{} -> {}", blocks, r.blocks());
+    // Also when every change is synced (the driver did not ack FLUSH).
+    let mut r = rig_with(
+        false,
+        CacheMode::Writeback,
+        RANGE_FEATURES ^ 1 << feature::FLUSH,
+    );
+    let before = r.file_bytes();
+    assert_eq!(r.ranges(kind::DISCARD, &[range(16, 8, 0)]), (1, status::OK));
+    r.assert_zeroed(&before, 16, 24);
+}
+
+#[test]
+fn write_zeroes_zeroes_in_place_or_by_a_hole_when_unmap_is_allowed() {
+    let mut r = rig_ranges();
+    let before = r.file_bytes();
+    assert_eq!(
+        r.ranges(kind::WRITE_ZEROES, &[range(16, 8, 0)]),
+        (1, status::OK)
+    );
+    r.assert_zeroed(&before, 16, 24);
+    let (before, blocks) = (r.file_bytes(), r.blocks());
+    let unmap = ranges::FLAG_UNMAP;
+    assert_eq!(
+        r.ranges(kind::WRITE_ZEROES, &[range(64, 16, unmap)]),
+        (1, status::OK)
+    );
+    r.assert_zeroed(&before, 64, 80);
+    assert!(r.blocks() + 16 <= blocks, "{} -> {}", blocks, r.blocks());
+}
+
+#[test]
+fn several_ranges_split_across_descriptors_are_all_served() {
+    let mut r = rig_ranges();
+    let before = r.file_bytes();
+    let bytes = [range(8, 8, 0), range(24, 8, 0), range(100, 1, 0)].concat();
+    // 20 + 28 bytes: the second entry straddles the two descriptors.
+    r.mem.write_slice(&bytes[..20], GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&bytes[20..], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    r.header(kind::DISCARD, 0);
+    let descs = [
+        desc(HDR, 16, NEXT, 1),
+        desc(DATA, 20, NEXT, 2),
+        desc(DATA + 0x1000, 28, NEXT, 3),
+        desc(STATUS, 1, WRITE, 0),
+    ];
+    assert_eq!(r.run(&descs), (1, status::OK));
+    let after = r.file_bytes();
+    for (from, to) in [(8, 16), (24, 32), (100, 101)] {
+        assert!(
+            after[from * 512..to * 512].iter().all(|&b| b == 0),
+            "{from}"
+        );
+    }
+    assert_eq!(after[16 * 512..24 * 512], before[16 * 512..24 * 512]);
+    assert_eq!(after[101 * 512..], before[101 * 512..]);
+}
+
+#[test]
+fn without_fallocate_discard_does_nothing_and_write_zeroes_writes_zeroes() {
+    let mut r = rig_ranges();
+    let disk = Disk::open(r.file.path(), false, CacheMode::Writeback, "d").unwrap();
+    r.blk = Block::new(disk.without_fallocate());
+    let queue = r.mock.create_queue().unwrap();
+    r.blk
+        .activate(r.mem.clone(), vec![queue], RANGE_FEATURES, r.irq.clone())
+        .unwrap();
+    let before = r.file_bytes();
+    assert_eq!(r.ranges(kind::DISCARD, &[range(8, 8, 0)]), (1, status::OK));
+    assert_eq!(
+        r.file_bytes(),
+        before,
+        "an unsupported discard changed data"
+    );
+    for (sector, flags) in [(32, 0), (48, ranges::FLAG_UNMAP)] {
+        let before = r.file_bytes();
+        let entry = range(sector, 8, flags);
+        assert_eq!(r.ranges(kind::WRITE_ZEROES, &[entry]), (1, status::OK));
+        r.assert_zeroed(&before, sector as usize, sector as usize + 8);
+    }
+}
+
+#[test]
+fn bad_ranges_are_refused_and_touch_nothing() {
+    use ranges::{FLAG_UNMAP, MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_SECTORS};
+    let (discard, zeroes) = (kind::DISCARD, kind::WRITE_ZEROES);
+    let (ioerr, unsupp) = (status::IOERR, status::UNSUPP);
+    let too_many = vec![range(8, 1, 0); MAX_DISCARD_RANGES as usize + 1];
+    let cases: [(u32, Vec<[u8; 16]>, u8); 12] = [
+        (discard, vec![range(SECTORS, 1, 0)], ioerr),
+        (discard, vec![range(SECTORS - 4, 8, 0)], ioerr),
+        (discard, vec![range(u64::MAX - 1, 8, 0)], ioerr),
+        (zeroes, vec![range(u64::MAX - 2, 8, 0)], ioerr),
+        (discard, vec![range(0, MAX_DISCARD_SECTORS + 1, 0)], ioerr),
+        (
+            zeroes,
+            vec![range(0, MAX_WRITE_ZEROES_SECTORS + 1, 0)],
+            ioerr,
+        ),
+        (discard, too_many, ioerr),
+        (zeroes, vec![range(8, 1, 0); 2], ioerr),
+        (discard, vec![range(8, 8, FLAG_UNMAP)], unsupp),
+        (discard, vec![range(8, 8, 2)], unsupp),
+        (zeroes, vec![range(8, 8, 1 << 31 | FLAG_UNMAP)], unsupp),
+        // A good range before a bad one is not served either.
+        (discard, vec![range(8, 8, 0), range(SECTORS, 8, 0)], ioerr),
+    ];
+    let mut r = rig_ranges();
+    let before = r.file_bytes();
+    for (i, (t, entries, want)) in cases.iter().enumerate() {
+        assert_eq!(r.ranges(*t, entries), (1, *want), "case {i}");
+        assert_eq!(r.file_bytes(), before, "case {i} changed the file");
+    }
+    // Data that is not whole entries, no data at all, and device-writable data.
+    r.mem
+        .write_slice(&range(8, 8, 0), GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(r.request(discard, 0, 24, 0), (1, ioerr));
+    r.header(zeroes, 0);
+    let no_data = [desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)];
+    assert_eq!(r.run(&no_data), (1, ioerr));
+    assert_eq!(r.request(discard, 0, 16, WRITE), (1, ioerr));
+    assert_eq!(r.file_bytes(), before);
+}
+
+/// Reads the little-endian word at `offset` of the device's configuration space.
+fn config_word(blk: &Block, offset: usize) -> u32 {
+    let mut word = [0u8; 4];
+    blk.read_config(offset as u64, &mut word);
+    u32::from_le_bytes(word)
+}
+
+#[test]
+fn discard_and_write_zeroes_are_offered_with_limits_on_writable_disks_only() {
+    let r = rig_ranges();
+    let both = (1 << feature::DISCARD) | (1 << feature::WRITE_ZEROES);
+    assert_eq!(r.blk.features() & both, both);
+    let want = [
+        (config::MAX_DISCARD_SECTORS, ranges::MAX_DISCARD_SECTORS),
+        (config::MAX_DISCARD_SEG, ranges::MAX_DISCARD_RANGES),
+        (config::DISCARD_SECTOR_ALIGNMENT, 8),
+        (config::MAX_WRITE_ZEROES_SECTORS, 1 << 16),
+        (config::MAX_WRITE_ZEROES_SEG, 1),
+        (config::WRITE_ZEROES_MAY_UNMAP, 1),
+    ];
+    for (offset, value) in want {
+        assert_eq!(config_word(&r.blk, offset), value, "offset {offset}");
+    }
+    // Read-only: not offered, no limits, refused even if a hostile driver acks them anyway.
+    let mut r = rig_with(true, CacheMode::Unsafe, RANGE_FEATURES);
+    assert_eq!(r.blk.features() & both, 0);
+    for (offset, _) in want {
+        assert_eq!(config_word(&r.blk, offset), 0, "offset {offset}");
+    }
+    let before = r.file_bytes();
+    assert_eq!(
+        r.ranges(kind::DISCARD, &[range(8, 8, 0)]),
+        (1, status::UNSUPP)
+    );
+    assert_eq!(r.file_bytes(), before);
+    // Read-write but not acked by the driver.
+    let mut r = rig();
+    for t in [kind::DISCARD, kind::WRITE_ZEROES] {
+        assert_eq!(r.ranges(t, &[range(8, 8, 0)]), (1, status::UNSUPP));
+    }
+    assert_eq!(r.file_bytes(), before);
+}

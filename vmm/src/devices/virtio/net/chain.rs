@@ -1,12 +1,10 @@
 //! The pure frame/queue half of virtio-net: checking a descriptor chain, gathering a transmit
 //! chain into one frame (with a size cap) and scattering a received frame into a receive
-//! chain, plus the `virtio_net_hdr_v1` rewriting both ways. No file descriptors here.
+//! chain. No file descriptors here.
 //!
 //! Frames carry the 12-byte `virtio_net_hdr_v1` in front, both in the guest's buffers and on
-//! the TAP (`IFF_VNET_HDR`), so a frame moves with one copy. We negotiate no offloads, so the
-//! header is rewritten to "nothing to do" in both directions: a guest cannot ask the host
-//! kernel for checksum or segmentation work it did not negotiate, and the guest is never
-//! handed offload state it did not ask for.
+//! the TAP (`IFF_VNET_HDR`), so a frame moves with one copy; the header is rewritten in place
+//! for what was negotiated (see `offload`) before it goes either way.
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -14,9 +12,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::NetError;
 pub use crate::sys::tap::VNET_HDR_LEN;
 
-/// Largest frame either way, header included: a 64 KiB IP packet plus Ethernet and VLAN
-/// headers (what Firecracker allows too). Larger transmit chains are dropped unread.
-pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65_550;
+/// Largest frame either way, header included: a segmentation job of up to 64 KiB at the IP
+/// layer (the kernel's default GSO limit for a TAP, and IPv4's total-length limit) plus its
+/// 14-byte Ethernet header; the same limit as Firecracker's. Larger transmit chains are dropped
+/// unread; the receive path reads frames into a buffer this large.
+pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 14 + 65_536;
 
 /// The buffers of a whole chain, checked: all in guest memory, all in the direction the queue
 /// needs (`writable` for receive), the chain properly ended (no loop, not longer than the
@@ -53,7 +53,7 @@ pub fn checked_buffers(
     Ok(bufs)
 }
 
-/// Copies a transmit chain into `buf` (header included) and clears the header; returns the
+/// Copies a transmit chain into `buf` (header included, as the guest wrote it); returns the
 /// frame's length. Chains over [`MAX_FRAME_LEN`] or without a whole header are refused.
 pub fn gather_tx(
     mem: &GuestMemoryMmap,
@@ -72,7 +72,6 @@ pub fn gather_tx(
         mem.read_slice(part, addr).map_err(NetError::Memory)?;
         at += len as usize;
     }
-    buf[..VNET_HDR_LEN].fill(0);
     Ok(total)
 }
 
@@ -81,13 +80,12 @@ pub fn room(bufs: &[(GuestAddress, u32)]) -> usize {
     bufs.iter().map(|&(_, len)| len as usize).sum()
 }
 
-/// Writes `frame` (header included, as read from the backend) into `bufs`, with the header
-/// rewritten (no offload flags, `num_buffers` 1); returns the bytes written. The caller has
-/// checked that it fits ([`room`]).
+/// Writes `frame` (header included, already rewritten for the guest) into `bufs`; returns the
+/// bytes written. A frame larger than the buffers hold ([`room`]) is refused.
 pub fn scatter_rx(
     mem: &GuestMemoryMmap,
     bufs: &[(GuestAddress, u32)],
-    frame: &mut [u8],
+    frame: &[u8],
 ) -> Result<u32, NetError> {
     if frame.len() < VNET_HDR_LEN {
         return Err(NetError::NoHeader(frame.len()));
@@ -96,9 +94,7 @@ pub fn scatter_rx(
         let (frame, room) = (frame.len(), room(bufs));
         return Err(NetError::TooSmall { frame, room });
     }
-    frame[..VNET_HDR_LEN].fill(0);
-    frame[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
-    let mut rest: &[u8] = frame;
+    let mut rest = frame;
     for &(addr, len) in bufs {
         if rest.is_empty() {
             break;

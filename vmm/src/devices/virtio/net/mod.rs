@@ -1,21 +1,30 @@
 //! virtio-net (device type 1): a receive queue (0) and a transmit queue (1), frames moved to
 //! and from a [`Backend`] (a TAP in production, a fake in tests). Features: `VERSION_1`, `MAC`
-//! when a MAC address is configured and `MTU` when an MTU is; no offloads (no checksum or
-//! segmentation offload, no mergeable receive buffers, no control queue).
+//! when a MAC address is configured and `MTU` when an MTU is, and the checksum and
+//! segmentation offloads the backend supports (`CSUM`, `GUEST_CSUM`, `GUEST_TSO4/TSO6/ECN/UFO`,
+//! `HOST_TSO4/TSO6/ECN/UFO`; see [`offload`]). When the guest activates the device, the TAP is
+//! told which offloads frames to the guest may carry (its acked `GUEST_*` features); a reset
+//! turns them off again. Not implemented: mergeable receive buffers (`MRG_RXBUF`: a guest that
+//! takes segmentation jobs posts 64 KiB "big packet" chains instead), the control queue (so no
+//! runtime offload changes, promiscuous or VLAN filtering), multiqueue.
 //!
 //! Receive: a frame is only read from the backend when the guest has posted a buffer, so
 //! frames wait in the TAP's kernel queue (and the kernel drops them when it overflows) while
 //! the guest is slow. The backend fd is watched edge-triggered: after a readiness event the
 //! device reads until the backend would block or the guest runs out of buffers, and a receive
-//! queue notification (new buffers) resumes it. A frame too large for the guest's buffers is
-//! dropped and counted; the buffers stay available for the next frame.
+//! queue notification (new buffers) resumes it. A frame too large for the guest's buffers, or
+//! carrying an offload the guest did not negotiate, is dropped and counted; the buffers stay
+//! available for the next frame. Frames are at most [`MAX_FRAME_LEN`] both ways (a 64 KiB
+//! segmentation job).
 //!
 //! Hostile guests: a chain that loops, is longer than the queue, points outside guest memory
 //! or has a descriptor of the wrong direction is completed with 0 bytes and counted (on
 //! receive the frame is kept for the next chain); an oversized transmit chain is dropped
-//! unread; a broken queue is reported to the transport (`DEVICE_NEEDS_RESET`). The VMM goes on.
+//! unread, and one asking for segmentation the guest did not negotiate is dropped; a broken
+//! queue is reported to the transport (`DEVICE_NEEDS_RESET`). The VMM goes on.
 
 mod chain;
+pub mod offload;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +42,7 @@ use super::{
 use crate::logging::RateLimit;
 use crate::sys::tap::Tap;
 pub use chain::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use offload::Negotiated;
 
 /// Entries in each queue.
 pub const NET_QUEUE_SIZE: u16 = 256;
@@ -58,6 +68,14 @@ pub enum NetError {
     NoHeader(usize),
     #[error("a {frame}-byte frame does not fit the guest's {room}-byte buffers")]
     TooSmall { frame: usize, room: usize },
+    #[error("segmentation type {0:#x} was not negotiated")]
+    GsoNotNegotiated(u8),
+    #[error("checksum at {start}+{offset} is outside the {len}-byte frame")]
+    ChecksumOffsets {
+        start: usize,
+        offset: usize,
+        len: usize,
+    },
     #[error("cannot access guest memory")]
     Memory(#[source] vm_memory::GuestMemoryError),
     #[error("backend")]
@@ -72,6 +90,15 @@ pub trait Backend: Send {
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
     /// The fd to watch for readable frames (edge-triggered), if any.
     fn ready_fd(&self) -> Option<RawFd>;
+    /// The offloads (`TUN_F_*` flags) frames read from the backend can be set to carry; none
+    /// unless the backend says so, and then no offload feature is offered.
+    fn offloads(&self) -> u32 {
+        0
+    }
+    /// Sets which of [`Backend::offloads`] frames read from now on may carry (0: none).
+    fn set_offloads(&mut self, _flags: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Backend for Tap {
@@ -86,18 +113,28 @@ impl Backend for Tap {
     fn ready_fd(&self) -> Option<RawFd> {
         Some(self.as_fd().as_raw_fd())
     }
+
+    fn offloads(&self) -> u32 {
+        Tap::offloads(self)
+    }
+
+    fn set_offloads(&mut self, flags: u32) -> io::Result<()> {
+        Tap::set_offloads(self, flags)
+    }
 }
 
 /// Frame counters (what a metrics endpoint would show).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
     pub rx_frames: u64,
-    /// Frames dropped: too large for the guest's buffers, or without a header.
+    /// Frames dropped: too large for the guest's buffers, without a header, or with an
+    /// offload the guest cannot take.
     pub rx_dropped: u64,
     /// Receive chains completed with 0 bytes because they were hostile.
     pub rx_bad_chains: u64,
     pub tx_frames: u64,
-    /// Transmit chains dropped: hostile, oversized or without a header.
+    /// Transmit chains dropped: hostile, oversized, without a header or asking for an
+    /// offload that was not negotiated.
     pub tx_dropped: u64,
     /// Frames the backend refused.
     pub tx_errors: u64,
@@ -126,6 +163,8 @@ struct Io {
     /// The backend may have frames (no `WouldBlock` since its last readiness event).
     readable: bool,
     tx_buf: Vec<u8>,
+    /// What the guest's acked features allow; nothing while inactive.
+    offloads: Negotiated,
     stats: NetStats,
     log: RateLimit,
 }
@@ -133,6 +172,8 @@ struct Io {
 /// The network device.
 pub struct Net {
     settings: NetSettings,
+    /// Offload feature bits offered (what the backend supports).
+    offload_features: u64,
     active: Option<Active>,
     io: Io,
 }
@@ -152,6 +193,7 @@ impl Net {
     pub fn new(backend: Box<dyn Backend>, settings: NetSettings) -> Self {
         Self {
             settings,
+            offload_features: offload::offered_features(backend.offloads()),
             active: None,
             io: Io {
                 backend,
@@ -159,6 +201,7 @@ impl Net {
                 pending: None,
                 readable: true,
                 tx_buf: Vec::new(),
+                offloads: Negotiated::default(),
                 stats: NetStats::default(),
                 log: RateLimit::new(5),
             },
@@ -183,6 +226,18 @@ impl Io {
         if self.log.allow() {
             tracing::warn!(device = "virtio-net", "{what}: {e}");
         }
+    }
+
+    /// Applies newly negotiated offloads, setting the backend's receive offloads when they
+    /// change. If the backend refuses, frames just keep arriving finished (which any guest
+    /// takes); the failure is logged.
+    fn set_offloads(&mut self, offloads: Negotiated) {
+        if offloads.to_guest != self.offloads.to_guest
+            && let Err(e) = self.backend.set_offloads(offloads.to_guest)
+        {
+            self.warn("cannot set the backend's offloads", &NetError::Backend(e));
+        }
+        self.offloads = offloads;
     }
 
     /// The frame to deliver next, reading one if none is pending; `None` when the backend
@@ -224,7 +279,10 @@ impl Io {
                 a.rx.go_to_previous_position();
                 break;
             };
-            match chain::scatter_rx(&a.mem, &bufs, &mut self.frame[..len]) {
+            let frame = &mut self.frame[..len];
+            let written = offload::rx_header(frame, self.offloads.to_guest)
+                .and_then(|()| chain::scatter_rx(&a.mem, &bufs, frame));
+            match written {
                 Ok(n) => {
                     self.stats.rx_frames += 1;
                     a.rx.add_used(&a.mem, head, n).map_err(QueueFault)?;
@@ -249,7 +307,10 @@ impl Io {
                 return Ok(used);
             };
             let head = chain.head_index();
-            match chain::gather_tx(&a.mem, chain, &mut self.tx_buf) {
+            let frame = chain::gather_tx(&a.mem, chain, &mut self.tx_buf).and_then(|len| {
+                offload::tx_header(&mut self.tx_buf, self.offloads.from_guest).map(|()| len)
+            });
+            match frame {
                 Ok(len) => match self.backend.write_frame(&self.tx_buf[..len]) {
                     Ok(()) => self.stats.tx_frames += 1,
                     Err(e) => {
@@ -285,7 +346,7 @@ impl VirtioDevice for Net {
         if self.settings.mtu.is_some() {
             f |= 1 << VIRTIO_NET_F_MTU;
         }
-        f
+        f | self.offload_features
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -298,7 +359,7 @@ impl VirtioDevice for Net {
         &mut self,
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
-        _acked_features: u64,
+        acked_features: u64,
         irq: Arc<dyn InterruptSignal>,
     ) -> Result<(), VirtioError> {
         let got = queues.len();
@@ -307,6 +368,8 @@ impl VirtioDevice for Net {
             .map_err(|_| VirtioError::QueueCount { expected: 2, got })?;
         self.active = Some(Active { mem, rx, tx, irq });
         self.io.readable = true;
+        self.io
+            .set_offloads(Negotiated::new(acked_features & self.offload_features));
         Ok(())
     }
 
@@ -343,5 +406,6 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.io.pending = None;
+        self.io.set_offloads(Negotiated::default());
     }
 }

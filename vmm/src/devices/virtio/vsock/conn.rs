@@ -25,6 +25,9 @@ pub enum State {
     Connecting,
     /// Data flows both ways.
     Established,
+    /// The guest closed cleanly while the host socket still had to take some of its data:
+    /// the stream closes (and the guest gets its `RST`) once that data is written.
+    Draining,
 }
 
 /// Why a stream is torn down.
@@ -132,29 +135,32 @@ impl Conn {
             let extra = unforwarded - BUF_ALLOC as usize;
             return Err(ConnError::CreditOverrun { extra });
         }
-        self.tx_buf.extend_from_slice(payload);
+        let mut rest = payload;
+        if self.tx_buf.is_empty() {
+            // The usual case: straight from the packet, buffering only what does not fit.
+            let n = write_until_blocked(&mut self.stream, payload)?;
+            self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+            rest = &payload[n..];
+        }
+        self.tx_buf.extend_from_slice(rest);
         self.flush()
     }
 
     /// Writes buffered guest data to the host socket until it would block; shuts the write
     /// half once everything is out and the guest will send no more.
     pub fn flush(&mut self) -> Result<(), ConnError> {
-        while !self.tx_buf.is_empty() {
-            match self.stream.write(&self.tx_buf) {
-                Ok(0) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    self.tx_buf.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ConnError::Io(e)),
-            }
-        }
-        if self.guest_done_sending {
+        let n = write_until_blocked(&mut self.stream, &self.tx_buf)?;
+        self.tx_buf.drain(..n);
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+        if self.tx_buf.is_empty() && self.guest_done_sending {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())
+    }
+
+    /// Whether guest data is still waiting for the host socket.
+    pub fn has_unflushed(&self) -> bool {
+        !self.tx_buf.is_empty()
     }
 
     /// Reads the client's `CONNECT <port>\n`; `Some(port)` once it is complete.
@@ -230,6 +236,22 @@ impl Conn {
             && (self.readable || !self.early.is_empty())
             && self.peer_credit() > 0
     }
+}
+
+/// Writes `data` to `stream` until it is all out or the socket would block; returns how many
+/// bytes went.
+fn write_until_blocked(stream: &mut UnixStream, data: &[u8]) -> Result<usize, ConnError> {
+    let mut done = 0;
+    while done < data.len() {
+        match stream.write(&data[done..]) {
+            Ok(0) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ConnError::Io(e)),
+        }
+    }
+    Ok(done)
 }
 
 /// `CONNECT <port>\n` (Firecracker's host-side handshake) to the port.

@@ -6,7 +6,9 @@
 //! All sockets are non-blocking and watched by an epoll of our own, registered
 //! edge-triggered; its fd is the device's one backend fd, so streams come and go without the
 //! event loop knowing. Packets for the guest wait in a bounded control queue (replies) or
-//! are read from a stream when the guest has a buffer and credit for them.
+//! are read from a stream when the guest has a buffer and credit for them; streams with data
+//! take turns. A stream the guest closes cleanly lives on until the host socket has taken
+//! everything the guest sent (then the guest gets its `RST`), so a close loses no data.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -179,6 +181,19 @@ impl Muxer {
         }
     }
 
+    /// The guest closed stream `id` cleanly: close it now, or once the host socket has taken
+    /// everything the guest sent (a graceful close loses no data; the guest's `RST` waits).
+    fn finish(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.flush().is_ok()
+            && c.has_unflushed()
+        {
+            c.state = State::Draining;
+            return;
+        }
+        self.close(id, true);
+    }
+
     /// Resets the stream a packet with sound addresses but an unknown type or operation was
     /// for.
     pub fn refuse(&mut self, hdr: &Header) {
@@ -222,7 +237,8 @@ impl Muxer {
         };
         match outcome {
             Ok(true) => self.credit_check(id),
-            Ok(false) => self.close(id, op != Op::Rst),
+            Ok(false) if op == Op::Rst => self.close(id, false),
+            Ok(false) => self.finish(id),
             Err(e) => {
                 self.warn("stream reset", &e);
                 self.close(id, true);
@@ -333,6 +349,9 @@ impl Muxer {
         if set.contains(EventSet::OUT) {
             result = c.flush();
         }
+        if result.is_ok() && c.state == State::Draining && !c.has_unflushed() {
+            return self.close(id, true);
+        }
         if result.is_ok() && c.state == State::AwaitingLine && c.readable {
             match c.read_connect_line() {
                 Ok(Some(port)) => {
@@ -357,7 +376,9 @@ impl Muxer {
     }
 
     /// The next packet for the guest: a reply, or up to `buf.len()` bytes of stream data
-    /// (then `len` is set and the payload is in `buf`).
+    /// (then `len` is set and the payload is in `buf`). Streams take turns: `ready` is one
+    /// round, each stream with data in it once, and the next round is built only when it is
+    /// done, so a busy stream cannot keep one that got data later waiting.
     pub fn next_packet(&mut self, buf: &mut [u8]) -> Option<Header> {
         if let Some(h) = self.control.pop_front() {
             return Some(h);
@@ -373,7 +394,6 @@ impl Muxer {
             let ports = (c.local_port, c.peer_port);
             match c.read_for_guest(buf) {
                 Ok(HostRead::Data(n)) => {
-                    self.ready.push_back(id);
                     let mut h = self.header(Some(id), ports, Op::Rw, 0);
                     h.len = n as u32;
                     return Some(h);
