@@ -1,10 +1,12 @@
 //! Network namespaces for tests that move frames: [`NetNs`] creates `herd-test-<pid>-<n>`,
-//! TAPs inside it, and runs commands (herd-vmm, a packet helper) in it, so no frame ever
+//! TAPs inside it (with an IPv4 address and a static neighbour for IP tests), and runs commands
+//! (herd-vmm, a packet helper) in it, so no frame ever
 //! reaches the host's own interfaces or routes. Dropping it deletes the TAPs and the
 //! namespace, also when the test fails.
 
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -76,6 +78,48 @@ impl NetNs {
         self.taps.push(name.to_owned());
         let out = self.run(&["ip", "link", "set", name, "up"]);
         assert!(out.status.success(), "ip link set {name} up: {out:?}");
+    }
+
+    /// Waits (up to 5 s) until `dev` is operationally up: a TAP is once a process attaches,
+    /// but the kernel applies carrier changes up to a second late when interfaces changed
+    /// recently (anywhere on the host), and until then it drops what the host sends there.
+    pub fn wait_until_up(&self, dev: &str) {
+        let path = format!("/sys/class/net/{dev}/operstate");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.run(&["cat", &path]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "up" {
+                // The queueing discipline is switched on right after the state changes.
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+            assert!(Instant::now() < deadline, "{dev} is not up: {out:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Gives TAP `dev` the address `cidr` (e.g. `10.0.0.1/24`) and a permanent neighbour
+    /// entry `ip` -> `mac`, so the host stack sends IP traffic to the guest without ARP.
+    pub fn add_ipv4(&self, dev: &str, cidr: &str, neighbour: (&str, &str)) {
+        let (ip, mac) = neighbour;
+        for cmd in [
+            &["ip", "addr", "add", cidr, "dev", dev][..],
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        ] {
+            let out = self.run(cmd);
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        }
     }
 }
 

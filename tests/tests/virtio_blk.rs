@@ -203,3 +203,140 @@ fn bad_drives_are_refused_at_start_naming_the_drive() {
     let vm = TestVm::probe_pvh().args(["--disk", "x.img,rw"]);
     assert_refused(vm, 64, &["--disk x.img,rw"]);
 }
+
+/// A disk image of `SECTORS` sectors of `byte`, synced so its blocks are allocated.
+fn allocated_disk(dir: &Path, name: &str, byte: u8) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, vec![byte; SECTORS as usize * 512]).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    path
+}
+
+/// 512-byte blocks `path` occupies on the host.
+fn blocks(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap())
+}
+
+/// Checks that sectors `[from, to)` of `file` are all `byte`.
+fn assert_sectors(file: &[u8], from: usize, to: usize, byte: u8) {
+    let bad = file[from * 512..to * 512].iter().position(|&b| b != byte);
+    assert_eq!(bad, None, "sectors {from}..{to} not all {byte:#x}");
+}
+
+#[test]
+fn discarded_sectors_read_as_zeroes_and_are_a_hole_in_the_host_file() {
+    require_kvm!("discarded_sectors_read_as_zeroes_and_are_a_hole_in_the_host_file");
+    let dir = tempfile::tempdir().unwrap();
+    let img = allocated_disk(dir.path(), "d.img", 0x11);
+    let before = blocks(&img);
+    let vm = TestVm::probe_pvh()
+        .cmdline(
+            "probe.blk.write=16:171:16 probe.blk.discard=16:8 probe.blk.flush probe.blk.read=16:8",
+        )
+        .args(["--disk", img.to_str().unwrap()])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    assert_eq!(
+        blk_lines(&vm)[3..],
+        [
+            "status=ok",
+            "status=ok",
+            "status=ok",
+            "read sector=16 sum=0x0",
+            "status=ok"
+        ],
+        "{vm:#?}"
+    );
+    let file = std::fs::read(&img).unwrap();
+    assert_sectors(&file, 0, 16, 0x11);
+    assert_sectors(&file, 16, 24, 0);
+    assert_sectors(&file, 24, 32, 171);
+    assert_sectors(&file, 32, SECTORS as usize, 0x11);
+    assert!(
+        blocks(&img) + 8 <= before,
+        "no hole: {before} -> {} blocks",
+        blocks(&img)
+    );
+    // A range past the end is refused, the file untouched, and the VM goes on.
+    let vm = TestVm::probe_pvh()
+        .cmdline("exit=4 probe.blk.discard=120:16")
+        .args(["--disk", img.to_str().unwrap()])
+        .run();
+    assert_eq!(vm.code(), 4, "{vm:#?}");
+    assert_eq!(blk_lines(&vm).last(), Some(&"status=ioerr"), "{vm:#?}");
+    assert_eq!(std::fs::read(&img).unwrap(), file);
+}
+
+#[test]
+fn written_zeroes_read_as_zeroes_and_unmap_leaves_a_hole() {
+    require_kvm!("written_zeroes_read_as_zeroes_and_unmap_leaves_a_hole");
+    let dir = tempfile::tempdir().unwrap();
+    let img = allocated_disk(dir.path(), "z.img", 0x11);
+    let disk = format!("{}", img.display());
+    let vm = TestVm::probe_pvh()
+        .cmdline("probe.blk.write=16:171:16 probe.blk.zeroes=16:8 probe.blk.read=16:16")
+        .args(["--disk", &disk])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    // Sectors 16-23 are zero, 24-31 still 171: 8 * 512 * 171.
+    assert_eq!(
+        blk_lines(&vm)[3..],
+        [
+            "status=ok",
+            "status=ok",
+            "read sector=16 sum=0xab000",
+            "status=ok"
+        ],
+        "{vm:#?}"
+    );
+    let file = std::fs::read(&img).unwrap();
+    assert_sectors(&file, 16, 24, 0);
+    assert_sectors(&file, 24, 32, 171);
+    let before = blocks(&img);
+    let vm = TestVm::probe_pvh()
+        .cmdline("probe.blk.zeroes=32:16:unmap probe.blk.read=32:16")
+        .args(["--disk", &disk])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    assert_eq!(
+        blk_lines(&vm)[3..],
+        ["status=ok", "read sector=32 sum=0x0", "status=ok"],
+        "{vm:#?}"
+    );
+    let file = std::fs::read(&img).unwrap();
+    assert_sectors(&file, 24, 32, 171);
+    assert_sectors(&file, 32, 48, 0);
+    assert_sectors(&file, 48, SECTORS as usize, 0x11);
+    assert!(
+        blocks(&img) + 16 <= before,
+        "no hole: {before} -> {} blocks",
+        blocks(&img)
+    );
+}
+
+#[test]
+fn a_read_only_disk_offers_no_discard_and_refuses_it() {
+    require_kvm!("a_read_only_disk_offers_no_discard_and_refuses_it");
+    let dir = tempfile::tempdir().unwrap();
+    let img = allocated_disk(dir.path(), "ro.img", 0x22);
+    let vm = TestVm::probe_pvh()
+        .cmdline("probe.blk.discard=0:8 probe.blk.zeroes=8:8:unmap probe.blk.read=0:1")
+        .args(["--disk", &format!("{},ro", img.display())])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    // UNSUPP, not IOERR: the driver could not negotiate the features, so the types are unknown.
+    assert_eq!(
+        blk_lines(&vm)[3..],
+        [
+            "status=unsupp",
+            "status=unsupp",
+            "read sector=0 sum=0x4400",
+            "status=ok"
+        ],
+        "{vm:#?}"
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        vec![0x22; SECTORS as usize * 512]
+    );
+}

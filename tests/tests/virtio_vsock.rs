@@ -1,7 +1,8 @@
 //! End-to-end: virtio-vsock through the real herd-vmm with Firecracker's host-side
 //! convention, driven by the probe guest (`probe.vsock.*` words): host clients connect to
 //! `uds_path` with `CONNECT <port>\n`, the guest connects to `<uds_path>_<port>`; several
-//! streams at once, refusals both ways, and bad configurations refused at start.
+//! streams at once, refusals both ways, a mebibyte each way under credit flow control, and bad
+//! configurations refused at start.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -127,6 +128,78 @@ fn refused_connections_are_closed_or_reset_and_the_vm_goes_on() {
     let done = vm.wait();
     assert_eq!(done.code(), 0, "{done:#?}");
     assert!(done.stdout.contains("probe: vsock conns=1"), "{done:#?}");
+}
+
+/// The probe's bulk pattern: byte i of a stream is `i % 251`.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Connects a host client to `port` and waits for the guest to accept.
+fn host_stream(uds: &Path, port: u32) -> (UnixStream, BufReader<UnixStream>) {
+    let (s, mut r) = host_connect(uds, port);
+    let ok = read_line(&mut r);
+    assert!(ok.starts_with("OK "), "bad handshake reply {ok:?}");
+    (s, r)
+}
+
+#[test]
+fn a_mebibyte_goes_each_way_intact_with_credit_granted_as_it_is_consumed() {
+    require_kvm!("a_mebibyte_goes_each_way_intact_with_credit_granted_as_it_is_consumed");
+    const LEN: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let cmdline = format!("probe.vsock.sink=6000 probe.vsock.source=6001:{LEN}");
+    let mut vm = vsock_vm(&uds, &cmdline).spawn();
+    vm.wait_for_line("probe: vsock cid=3");
+    // Host to guest: four times the guest's 256 KiB credit, so it must send updates.
+    let (mut s, mut r) = host_stream(&uds, 6000);
+    // The second client asks now and waits while the first stream runs.
+    let (_s2, mut r2) = host_connect(&uds, 6001);
+    for chunk in pattern(LEN).chunks(64 * 1024) {
+        s.write_all(chunk).unwrap();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = String::from_utf8(read_to_end(&mut r)).unwrap();
+    assert_eq!(answer, format!("bytes={LEN} bad=0\n"));
+    // Guest to host: four times herd-vmm's credit, in 64 KiB packets.
+    assert!(read_line(&mut r2).starts_with("OK "));
+    let got = read_to_end(&mut r2);
+    let want = pattern(LEN);
+    let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(
+        (got.len(), first_bad),
+        (LEN, None),
+        "length, first bad byte"
+    );
+    let done = vm.wait();
+    assert_eq!(done.code(), 0, "{done:#?}");
+    assert!(
+        done.stdout
+            .contains(&format!("probe: vsock sink bytes={LEN} bad=0\n")),
+        "{done:#?}"
+    );
+    let sent = format!("probe: vsock source bytes={LEN}\n");
+    assert!(done.stdout.contains(&sent), "{done:#?}");
+}
+
+#[test]
+fn the_guest_sink_counts_bytes_that_break_the_pattern() {
+    require_kvm!("the_guest_sink_counts_bytes_that_break_the_pattern");
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let mut vm = vsock_vm(&uds, "probe.vsock.sink=6000").spawn();
+    vm.wait_for_line("probe: vsock cid=3");
+    let (mut s, mut r) = host_stream(&uds, 6000);
+    let mut data = pattern(3000);
+    data[1234] ^= 0x40;
+    data.remove(2500);
+    s.write_all(&data).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // One flipped byte, then every byte after the lost one is off by one.
+    let answer = String::from_utf8(read_to_end(&mut r)).unwrap();
+    assert_eq!(answer, "bytes=2999 bad=500\n");
+    assert_eq!(vm.wait().code(), 0);
 }
 
 #[test]

@@ -1,16 +1,22 @@
 //! The probe's command-line words: `exit=N`,
-//! `probe.end=exit|reboot|halt|triple-fault|echo|control|panic`
+//! `probe.end=exit|reboot|halt|triple-fault|echo|control|panic|serve`
 //! and `probe.fault=ud2|div0|int|gp|pf` (the exception `triple-fault` raises); the virtio
 //! devices herd-vmm announces (`virtio_mmio.device=4K@0x..:N`), `probe.rng=N` (read N bytes
 //! from the entropy device) and `probe.rng.hostile=outside|loop` (send a hostile request);
-//! `probe.net.tx=N` (send N test frames) and `probe.net.rx=N` (wait for N test frames);
-//! `probe.blk.write=`, `probe.blk.flush` and `probe.blk.read=` (see `virtio::blk`);
-//! `probe.vsock.listen=` and `probe.vsock.connect=` (see `virtio::vsock`).
+//! `probe.net.tx=N` (send N frames), `probe.net.rx=N` (wait for N frames) and the other
+//! `probe.net.*` words (see `virtio::net`);
+//! `probe.blk.*` (write, discard, zeroes, flush, read, repeat and the throughput workloads:
+//! see `virtio::blk`);
+//! `probe.vsock.listen=`, `probe.vsock.connect=`, `probe.vsock.sink=` and
+//! `probe.vsock.source=` (see `virtio::vsock`);
+//! `probe.end=serve` with `probe.serve.port=P` (see `serve`).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
 //! understand (and values we cannot parse) are ignored.
 
+use crate::serve::ServeOptions;
 use crate::virtio::blk::BlkOptions;
+use crate::virtio::net::NetOptions;
 use crate::virtio::vsock::VsockOptions;
 use crate::virtio::{Hostile, MAX_DEVICES, parse_device};
 
@@ -31,6 +37,8 @@ pub enum End {
     Control,
     /// Panic (to test the panic path: `probe: panic ...`, exit status 99).
     Panic,
+    /// Stay up answering health checks on vsock until told to stop, then end as `Exit`.
+    Serve,
 }
 
 /// The exception raised (with an empty IDT) for `probe.end=triple-fault`.
@@ -61,10 +69,8 @@ pub struct Options {
     pub rng: u32,
     /// How the entropy request is built.
     pub rng_hostile: Hostile,
-    /// Test frames to send on the network device (0: none).
-    pub net_tx: u32,
-    /// Test frames to wait for on the network device (0: none).
-    pub net_rx: u32,
+    /// What to do with the network device.
+    pub net: NetOptions,
     /// Base addresses of the announced virtio-mmio windows, in order.
     pub virtio: [u64; MAX_DEVICES],
     /// How many of `virtio` are set.
@@ -73,6 +79,8 @@ pub struct Options {
     pub blk: BlkOptions,
     /// What to do with the vsock device.
     pub vsock: VsockOptions,
+    /// How `End::Serve` serves (the command line's port, then the instance's environment).
+    pub serve: ServeOptions,
 }
 
 impl Default for Options {
@@ -83,12 +91,12 @@ impl Default for Options {
             fault: Fault::Ud2,
             rng: 0,
             rng_hostile: Hostile::No,
-            net_tx: 0,
-            net_rx: 0,
+            net: NetOptions::default(),
             virtio: [0; MAX_DEVICES],
             virtio_count: 0,
             blk: BlkOptions::default(),
             vsock: VsockOptions::default(),
+            serve: ServeOptions::default(),
         }
     }
 }
@@ -103,8 +111,16 @@ pub fn parse(cmdline: &[u8]) -> Options {
             opts.blk.word(key, value);
             continue;
         }
+        if let Some(key) = word[..eq].strip_prefix(b"probe.net.") {
+            opts.net.word(key, value);
+            continue;
+        }
         if let Some(key) = word[..eq].strip_prefix(b"probe.vsock.") {
             opts.vsock.word(key, value);
+            continue;
+        }
+        if let Some(key) = word[..eq].strip_prefix(b"probe.serve.") {
+            opts.serve.word(key, value);
             continue;
         }
         if eq == word.len() {
@@ -116,8 +132,6 @@ pub fn parse(cmdline: &[u8]) -> Options {
             b"probe.fault" => opts.fault = parse_fault(value).unwrap_or(opts.fault),
             b"probe.rng" => opts.rng = parse_u32(value).unwrap_or(opts.rng),
             b"probe.rng.hostile" => opts.rng_hostile = parse_hostile(value),
-            b"probe.net.tx" => opts.net_tx = parse_u32(value).unwrap_or(opts.net_tx),
-            b"probe.net.rx" => opts.net_rx = parse_u32(value).unwrap_or(opts.net_rx),
             b"virtio_mmio.device" => add_device(&mut opts, value),
             _ => {}
         }
@@ -134,6 +148,7 @@ fn parse_end(v: &[u8]) -> Option<End> {
         b"echo" => End::Echo,
         b"control" => End::Control,
         b"panic" => End::Panic,
+        b"serve" => End::Serve,
         _ => return None,
     })
 }
@@ -243,6 +258,9 @@ mod tests {
         };
         assert_eq!(parse(b"probe.end=echo exit=3"), want);
         assert_eq!(parse(b"probe.end=panic").end, End::Panic);
+        let o = parse(b"probe.end=serve probe.serve.port=6000");
+        assert_eq!((o.end, o.serve.port), (End::Serve, 6000));
+        assert_eq!(parse(b"probe.end=serve").serve.port, 5000);
         assert_eq!(parse(b"probe.end=bogus").end, End::Exit);
         assert_eq!(parse(b"probe.end=halt probe.end=exit").end, End::Exit);
     }
@@ -271,11 +289,19 @@ mod tests {
             Hostile::Outside
         );
         assert_eq!(parse(b"probe.rng=x1").rng, 0);
-        let o = parse(b"probe.net.tx=3 probe.net.rx=2");
-        assert_eq!((o.net_tx, o.net_rx), (3, 2));
+        let o = parse(b"probe.net.tx=3 probe.net.rx=2 probe.net.offload");
+        assert_eq!((o.net.tx, o.net.rx, o.net.offload), (3, 2, true));
         let many = b"virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 \
             virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000";
         assert_eq!(parse(many).virtio_count, MAX_DEVICES);
+    }
+
+    #[test]
+    fn vsock_bulk_words_reach_the_vsock_options() {
+        let o = parse(b"probe.vsock.sink=6000:discard probe.vsock.source=6001:42");
+        assert_eq!(o.vsock.sink, Some((6000, false)));
+        assert_eq!(o.vsock.source, Some((6001, 42)));
+        assert!(o.vsock.any());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! How the probe ends: exit through port 0xf4, reset through the i8042, halt forever, triple
 //! fault (`ud2` by default: PVM's emulator turns `int N` into an emulation failure instead),
-//! echo a line first, or wait for a request on the control port (COM2) first. Also the panic handler (`probe: panic ...`, exit 99).
+//! echo a line first, wait for a request on the control port (COM2) first, or serve health
+//! checks until asked to stop (`serving`). Also the panic handler (`probe: panic ...`, exit 99).
 
 use core::arch::asm;
 use core::panic::PanicInfo;
@@ -10,6 +11,8 @@ use herd_probe::hw::{halt_forever, outb};
 use herd_probe::out::Sink;
 use herd_probe::report;
 use herd_probe::serial::{COM1, COM2, Com1};
+
+use crate::serving;
 
 const EXIT_PORT: u16 = 0xf4;
 const I8042_COMMAND: u16 = 0x64;
@@ -31,11 +34,12 @@ pub fn finish(con: &mut Com1, opts: Options) -> ! {
             report::control(con, &buf[..n]);
         }
         End::Panic => panic!("requested by probe.end=panic"),
+        End::Serve => serving::run(con, &opts),
         _ => {}
     }
     report::done(con, opts.exit);
     match opts.end {
-        End::Exit | End::Echo | End::Control | End::Panic => exit(opts.exit),
+        End::Exit | End::Echo | End::Control | End::Panic | End::Serve => exit(opts.exit),
         End::Reboot => {
             outb(I8042_COMMAND, I8042_RESET);
             halt_forever()

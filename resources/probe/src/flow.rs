@@ -1,10 +1,11 @@
 //! The report flow, over any memory and output: read the handoff, print every fact, return
-//! what the command line asks for. The guest runs it on real memory and COM1; host tests run
+//! what the command line asks for (for `probe.end=serve` with the `PROBE_*` variables of the
+//! image's and instance's `env`). The guest runs it on real memory and COM1; host tests run
 //! it on a fake machine.
 
 use crate::bootinfo::{self, BootError, Handoff, Protocol};
 use crate::bytes::byte_sum;
-use crate::cmdline::{self, Options};
+use crate::cmdline::{self, End, Options};
 use crate::mem::{MapChecked, PhysMem};
 use crate::mptable;
 use crate::newc;
@@ -34,7 +35,7 @@ pub fn report<M: PhysMem>(
         addr => cmdline::until_nul(mem.slice_upto(addr, CMDLINE_MAX)),
     };
     report::cmdline(s, line);
-    let opts = cmdline::parse(line);
+    let mut opts = cmdline::parse(line);
     for r in handoff.memmap.iter() {
         report::e820(s, &r);
     }
@@ -42,12 +43,21 @@ pub fn report<M: PhysMem>(
         .initrd
         .and_then(|r| mem.slice(r.addr, usize::try_from(r.size).ok()?));
     report::initrd(s, handoff.initrd, initrd.map(byte_sum));
+    let (mut image, mut instance) = (None, None);
     for f in initrd
         .into_iter()
         .flat_map(newc::files)
         .filter(|f| f.name.starts_with(b"herd/"))
     {
         report::file(s, f.name, f.data, f.sum());
+        match f.name {
+            b"herd/image.json" => image = Some(f.data),
+            b"herd/instance.json" => instance = Some(f.data),
+            _ => {}
+        }
+    }
+    if opts.end == End::Serve {
+        opts.serve.apply_env(image, instance);
     }
     report::cpus(s, mptable::cpus(&mem));
     report::memcheck(s, check_top(&handoff, memcheck));
@@ -138,6 +148,54 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("probe: initrd addr=0x300000 size=0x10 unreadable\n"));
         assert!(text.ends_with("probe: memcheck top=0x200000 fail\n"));
+    }
+
+    /// A newc archive of regular files.
+    fn newc(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in files.iter().chain([&("TRAILER!!!", &b""[..])]) {
+            // ino, mode, uid, gid, nlink, mtime, filesize, ..., namesize, check.
+            let mut fields = [0usize; 13];
+            (fields[1], fields[4], fields[6]) = (0o100644, 1, data.len());
+            fields[11] = name.len() + 1;
+            out.extend_from_slice(b"070701");
+            for f in fields {
+                out.extend_from_slice(std::format!("{f:08x}").as_bytes());
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.resize(out.len().next_multiple_of(4), 0);
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        out
+    }
+
+    #[test]
+    fn serving_takes_probe_variables_from_the_image_and_instance_env() {
+        let image =
+            br#"{"entrypoint":["/x"],"env":{"PROBE_HEALTH":"fail","PROBE_EXIT_AFTER":"4"}}"#;
+        let instance = br#"{"instance_id":"i","hostname":"h","env":{"PROBE_HEALTH":"ok"}}"#;
+        let initrd = newc(&[("herd/instance.json", instance), ("herd/image.json", image)]);
+        let mut mem = machine(&initrd);
+        mem.put(0x20000, b"probe.end=serve probe.serve.port=7\0");
+        let opts = report(&mut Vec::new(), &mem, Protocol::Linux64, 0x7000, |_| true).unwrap();
+        let want = crate::serve::ServeOptions {
+            port: 7,
+            health: crate::serve::Health::Ok,
+            exit_after: Some(4),
+        };
+        assert_eq!(
+            opts.serve, want,
+            "the instance wins whatever the archive order"
+        );
+        mem.put(0x20000, b"probe.end=exit\0");
+        let opts = report(&mut Vec::new(), &mem, Protocol::Linux64, 0x7000, |_| true).unwrap();
+        assert_eq!(
+            opts.serve,
+            Default::default(),
+            "read only for probe.end=serve"
+        );
     }
 
     #[test]

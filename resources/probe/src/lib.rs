@@ -20,6 +20,8 @@ pub mod mptable;
 pub mod newc;
 pub mod out;
 pub mod report;
+pub mod serve;
+pub mod udp;
 pub mod virtio;
 pub mod virtq;
 

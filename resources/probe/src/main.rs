@@ -1,5 +1,6 @@
 //! herd-probe binary. Built for `x86_64-unknown-none` it is the guest image: `entry` (boot
-//! assembly, page tables, PVH note), `guest` (the boot flow), `paging`, `devices` (virtio) and `end`. Built for the
+//! assembly, page tables, PVH note), `guest` (the boot flow), `paging`, `devices` (virtio), `end`,
+//! and `serving` (`probe.end=serve`, sleeping on the LAPIC timer of `ticker`). Built for the
 //! host it only says what it is, so `cargo build --workspace` works.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -13,6 +14,10 @@ mod entry;
 mod guest;
 #[cfg(target_os = "none")]
 mod paging;
+#[cfg(target_os = "none")]
+mod serving;
+#[cfg(target_os = "none")]
+mod ticker;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

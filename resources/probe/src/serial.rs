@@ -35,6 +35,12 @@ impl Uart {
         inb(self.0)
     }
 
+    /// One received byte if there is one (never waits).
+    pub fn try_get(&mut self) -> Option<u8> {
+        let ready = inb(self.0 + LSR_OFFSET) & LSR_DATA_READY != 0;
+        ready.then(|| inb(self.0))
+    }
+
     /// Reads up to `\n` (not stored; a `\r` before it is dropped); bytes beyond `buf` are
     /// read and discarded. Returns the length stored.
     pub fn read_line(&mut self, buf: &mut [u8]) -> usize {

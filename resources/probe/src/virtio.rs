@@ -93,12 +93,12 @@ impl<R: Regs> Device<R> {
 
     /// Resets the device and negotiates VERSION_1 and no other feature.
     pub fn negotiate(&self) -> Result<(), &'static str> {
-        self.negotiate_features(0)
+        self.negotiate_features(0).map(|_| ())
     }
 
     /// Resets the device and negotiates VERSION_1 plus those of `low` (feature bits 0-31)
-    /// the device offers.
-    pub fn negotiate_features(&self, low: u32) -> Result<(), &'static str> {
+    /// the device offers; returns the low feature word acked.
+    pub fn negotiate_features(&self, low: u32) -> Result<u32, &'static str> {
         let r = &self.regs;
         r.write(reg::STATUS, 0);
         r.write(reg::STATUS, ACKNOWLEDGE | DRIVER);
@@ -120,7 +120,7 @@ impl<R: Regs> Device<R> {
         if r.read(reg::STATUS) & FEATURES_OK == 0 {
             return Err("features-refused");
         }
-        Ok(())
+        Ok(low)
     }
 
     /// Gives queue `index` the rings of `q` and marks it ready.

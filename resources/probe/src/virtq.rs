@@ -1,7 +1,8 @@
 //! A split virtqueue driven from the guest side, in memory the probe owns (identity-mapped, so
 //! a pointer is a guest-physical address). Device-independent: blk, net and vsock drivers put
 //! their chains here too. One request is in flight at a time, so every chain starts at
-//! descriptor 0; this keeps the instruction count tiny.
+//! descriptor 0; this keeps the instruction count tiny. Receive queues that keep several
+//! one-descriptor buffers posted put buffer i at descriptor i ([`Virtq::submit_at`]).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, compiler_fence};
@@ -95,13 +96,30 @@ impl Virtq {
             return false;
         }
         self.desc[..descs.len()].copy_from_slice(descs);
+        self.publish(0);
+        true
+    }
+
+    /// Publishes the one-descriptor chain `desc` at descriptor `head`, leaving the others
+    /// alone (so several buffers can be posted at once); false if `head` is out of range.
+    pub fn submit_at(&mut self, head: u16, desc: Desc) -> bool {
+        let Some(slot) = self.desc.get_mut(usize::from(head)) else {
+            return false;
+        };
+        *slot = Desc { next: 0, ..desc };
+        slot.flags &= !DESC_F_NEXT;
+        self.publish(head);
+        true
+    }
+
+    /// Puts the chain starting at `head` in the available ring.
+    fn publish(&mut self, head: u16) {
         let idx = self.avail.idx;
-        self.avail.ring[usize::from(idx) % QUEUE_SIZE] = 0;
+        self.avail.ring[usize::from(idx) % QUEUE_SIZE] = head;
         // The device must see the descriptors and ring entry before the new index.
         compiler_fence(Ordering::SeqCst);
         // SAFETY: a plain aligned field of `self`; volatile because the device reads it.
         unsafe { write_volatile(addr_of_mut!(self.avail.idx), idx.wrapping_add(1)) };
-        true
     }
 
     /// Publishes `descs` chained in order (NEXT set on all but the last).
@@ -161,6 +179,21 @@ mod tests {
         assert_eq!(q.avail.idx, 2);
         assert!(!q.submit(&[]));
         assert!(!q.submit(&[Desc::default(); QUEUE_SIZE + 1]));
+    }
+
+    #[test]
+    fn buffers_posted_at_their_own_descriptor_leave_the_others_alone() {
+        let mut q = Virtq::default();
+        assert!(q.submit_at(0, Desc::writable(0x1000, 16)));
+        let mut chained = Desc::writable(0x2000, 8);
+        chained.flags |= DESC_F_NEXT;
+        chained.next = 5;
+        assert!(q.submit_at(3, chained));
+        assert_eq!(q.desc[0], Desc::writable(0x1000, 16));
+        assert_eq!(q.desc[3], Desc::writable(0x2000, 8), "a chain of one");
+        assert_eq!((q.avail.idx, q.avail.ring[0], q.avail.ring[1]), (2, 0, 3));
+        assert!(!q.submit_at(QUEUE_SIZE as u16, Desc::writable(0x3000, 4)));
+        assert_eq!(q.avail.idx, 2);
     }
 
     #[test]

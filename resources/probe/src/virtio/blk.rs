@@ -1,12 +1,17 @@
 //! The virtio-blk protocol on top of [`Device`]: capacity from configuration space, then one
 //! request at a time (header, at most one data buffer, status byte), as the command line asks:
 //! `probe.blk.write=<sector>:<pattern>:<count>` (fill `count` sectors with the byte
-//! `pattern + n` on the n-th disk), `probe.blk.flush`, `probe.blk.read=<sector>:<count>`.
-//! Every disk found gets the same sequence: capacity, id, write, flush, read; with
-//! `probe.blk.repeat=N` the write and read then run N-1 more times without a line each (for
-//! benchmarks), ending with `probe: blk repeat=N errors=E`. Lines:
+//! `pattern + n` on the n-th disk), `probe.blk.discard=<sector>:<count>`,
+//! `probe.blk.zeroes=<sector>:<count>[:unmap]` (one range each), `probe.blk.flush`,
+//! `probe.blk.read=<sector>:<count>`. Every disk found gets the same sequence: capacity, id,
+//! write, discard, write zeroes, flush, read; with `probe.blk.repeat=N` the write and read then
+//! run N-1 more times without a line each (for benchmarks), ending with
+//! `probe: blk repeat=N errors=E`; then the throughput workload of `bench`, if any. Lines:
 //! `probe: blk capacity=N`, `probe: blk id=<id>`, `probe: blk read sector=S sum=0x..` and
-//! `probe: blk status=ok|ioerr|unsupp|bad` after each request.
+//! `probe: blk status=ok|ioerr|unsupp|bad` after each request. DISCARD and WRITE_ZEROES are
+//! negotiated when offered and sent either way (a device without them answers `unsupp`).
+
+pub mod bench;
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -19,34 +24,52 @@ use crate::virtq::{Desc, Virtq};
 pub const DEVICE_BLK: u32 = 2;
 /// Bytes in a sector.
 pub const SECTOR: usize = 512;
-/// Most sectors one probe request moves (the buffer lives on the probe's stack).
-pub const MAX_SECTORS: usize = 8;
+/// Most sectors one probe request moves (128 KiB: the buffer is a static of the guest binary).
+pub const MAX_SECTORS: usize = 256;
 /// Offset of configuration space (capacity is its first 8 bytes).
 const CONFIG: u32 = 0x100;
 /// Feature bit: the device honours FLUSH requests.
 const F_FLUSH: u32 = 1 << 9;
+/// Feature bits: the device takes DISCARD and WRITE_ZEROES requests.
+const F_DISCARD: u32 = 1 << 13;
+const F_WRITE_ZEROES: u32 = 1 << 14;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+/// Range flag: WRITE_ZEROES may deallocate.
+const RANGE_UNMAP: u32 = 1;
 
 /// What the command line asks of the block devices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlkOptions {
     /// (sector, pattern byte, sectors) to write.
     pub write: Option<(u64, u8, u32)>,
-    /// Whether to flush after the write.
+    /// (sector, sectors) to discard after the write.
+    pub discard: Option<(u64, u32)>,
+    /// (sector, sectors, unmap) to write zeroes to after the discard.
+    pub zeroes: Option<(u64, u32, bool)>,
+    /// Whether to flush after those.
     pub flush: bool,
     /// (sector, sectors) to read and sum.
     pub read: Option<(u64, u32)>,
     /// How many times to run the write and the read (0 and 1: once).
     pub repeat: u32,
+    /// A throughput workload to run last.
+    pub bench: Option<bench::Workload>,
 }
 
 impl BlkOptions {
     /// Whether anything is asked.
     pub fn any(&self) -> bool {
-        self.write.is_some() || self.flush || self.read.is_some()
+        self.write.is_some()
+            || self.discard.is_some()
+            || self.zeroes.is_some()
+            || self.flush
+            || self.read.is_some()
+            || self.bench.is_some()
     }
 
     /// Takes a `probe.blk.<key>=<value>` word (`value` empty for a bare `probe.blk.flush`).
@@ -64,6 +87,20 @@ impl BlkOptions {
                 if let (Some(Some(s)), Some(Some(n))) = (f.next(), f.next()) {
                     self.read = Some((s, n as u32));
                 }
+            }
+            b"discard" => {
+                if let (Some(Some(s)), Some(Some(n))) = (f.next(), f.next()) {
+                    self.discard = Some((s, n as u32));
+                }
+            }
+            b"zeroes" => {
+                let unmap = value.ends_with(b":unmap");
+                if let (Some(Some(s)), Some(Some(n))) = (f.next(), f.next()) {
+                    self.zeroes = Some((s, n as u32, unmap));
+                }
+            }
+            b"seqread" | b"seqwrite" | b"randread" => {
+                self.bench = bench::Workload::parse(key, value).or(self.bench);
             }
             b"flush" => self.flush = true,
             b"repeat" => self.repeat = f.next().flatten().map_or(0, |n| n as u32),
@@ -98,10 +135,10 @@ pub struct Blk<'a, R> {
 }
 
 impl<'a, R: Regs> Blk<'a, R> {
-    /// Negotiates (FLUSH if offered, so writes are not synced one by one), sets up queue 0
-    /// on `q`, and reads the capacity in sectors.
+    /// Negotiates (FLUSH if offered, so writes are not synced one by one; DISCARD and
+    /// WRITE_ZEROES if offered), sets up queue 0 on `q`, and reads the capacity in sectors.
     pub fn start(dev: &'a Device<R>, q: &'a mut Virtq) -> Result<(Self, u64), &'static str> {
-        dev.negotiate_features(F_FLUSH)?;
+        dev.negotiate_features(F_FLUSH | F_DISCARD | F_WRITE_ZEROES)?;
         dev.setup_queue(0, q)?;
         dev.driver_ok()?;
         let cap = u64::from(dev.regs.read(CONFIG)) | (u64::from(dev.regs.read(CONFIG + 4)) << 32);
@@ -139,6 +176,23 @@ impl<'a, R: Regs> Blk<'a, R> {
         self.q.take_used().ok_or("no-used-entry")?;
         // SAFETY: a local the device wrote through DMA; volatile so the write is seen.
         Ok(unsafe { read_volatile(addr_of!(status)) })
+    }
+
+    /// Sends a DISCARD or WRITE_ZEROES (`kind`) of one range; returns the status byte.
+    pub fn range(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        sectors: u32,
+        flags: u32,
+    ) -> Result<u8, &'static str> {
+        let mut entry = [0u8; 16];
+        entry[..8].copy_from_slice(&sector.to_le_bytes());
+        entry[8..12].copy_from_slice(&sectors.to_le_bytes());
+        entry[12..].copy_from_slice(&flags.to_le_bytes());
+        // The device reads it behind the compiler's back.
+        core::hint::black_box(&mut entry);
+        self.request(kind, 0, Some((entry.as_ptr() as u64, 16)))
     }
 }
 
@@ -193,6 +247,7 @@ pub fn run<R: Regs>(
         core::hint::black_box(&mut *buf);
         status_line(s, blk.request(T_OUT, sector, Some((addr, len as u32))));
     }
+    discard_and_zeroes(s, &mut blk, opts);
     if opts.flush {
         status_line(s, blk.request(T_FLUSH, 0, None));
     }
@@ -215,6 +270,20 @@ pub fn run<R: Regs>(
         s.put_bytes(b" errors=");
         s.put_dec(u64::from(errors));
         s.put(b'\n');
+    }
+    if let Some(w) = &opts.bench {
+        bench::run(s, &mut blk, w, addr);
+    }
+}
+
+/// Sends the DISCARD and WRITE_ZEROES asked for, a status line each.
+fn discard_and_zeroes<R: Regs>(s: &mut impl Sink, blk: &mut Blk<'_, R>, opts: &BlkOptions) {
+    if let Some((sector, n)) = opts.discard {
+        status_line(s, blk.range(T_DISCARD, sector, n, 0));
+    }
+    if let Some((sector, n, unmap)) = opts.zeroes {
+        let flags = if unmap { RANGE_UNMAP } else { 0 };
+        status_line(s, blk.range(T_WRITE_ZEROES, sector, n, flags));
     }
 }
 
@@ -246,13 +315,23 @@ mod tests {
         o.word(b"read", b"8:2");
         o.word(b"flush", b"");
         o.word(b"repeat", b"100");
+        o.word(b"discard", b"16:8");
+        o.word(b"zeroes", b"24:4:unmap");
         assert_eq!(o.repeat, 100);
+        assert_eq!((o.discard, o.zeroes), (Some((16, 8)), Some((24, 4, true))));
+        o.word(b"zeroes", b"32:2");
+        assert_eq!(o.zeroes, Some((32, 2, false)));
+        o.word(b"seqwrite", b"0:64:16");
+        assert!(o.bench.is_some());
         assert_eq!(o.write, Some((8, 171, 2)));
         assert_eq!(o.read, Some((8, 2)));
         assert!(o.flush && o.any());
         let mut o = BlkOptions::default();
         o.word(b"write", b"8:x:2");
         o.word(b"read", b"8");
+        o.word(b"discard", b"8");
+        o.word(b"zeroes", b"x:1");
+        o.word(b"seqread", b"0:8");
         o.word(b"bogus", b"1");
         assert_eq!(o, BlkOptions::default());
         assert_eq!(status_word(0), b"ok");

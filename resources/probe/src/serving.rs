@@ -1,0 +1,129 @@
+//! `probe.end=serve` on the real machine: the probe stays up like a long-running app,
+//! answering health checks on the vsock device (the protocol and the environment's say are
+//! `herd_probe::serve`) until herd-vmm asks it to stop on the control port (COM2) or it has
+//! answered `PROBE_EXIT_AFTER` checks. Between polls of the receive ring and COM2 it halts
+//! until the next LAPIC timer tick ([`Ticker`]), so an idle probe costs the host a wake-up
+//! every [`TICK_MS`], not a busy CPU; a check waits at most a tick or two for each packet.
+//! Without a usable vsock device it says why and still waits for the stop request.
+
+use herd_probe::cmdline::Options;
+use herd_probe::hw::MmioRegs;
+use herd_probe::report;
+use herd_probe::serial::{COM2, Com1, Uart};
+use herd_probe::serve::{self, Server};
+use herd_probe::virtio::{Device, vsock};
+use herd_probe::virtq::Virtq;
+
+use crate::devices::VSOCK_BUFFERS;
+use crate::ticker::Ticker;
+
+/// The LAPIC timer period: how long a packet or stop request can wait for the probe.
+const TICK_MS: u32 = 10;
+/// Longest control request kept (the rest of a longer line is dropped).
+const CONTROL_MAX: usize = 64;
+
+type Link<'a> = vsock::Link<'a, MmioRegs>;
+
+/// Serves until stopped; prints `probe: serve port=P` once serving, then
+/// `probe: control=<line>` if asked to stop, and `probe: serve checks=N`.
+pub fn run(con: &mut Com1, opts: &Options) {
+    let ticker = Ticker::start(TICK_MS);
+    let want = &opts.serve;
+    let mut server = Server::new(want.port, want.health);
+    let limit = want.exit_after.unwrap_or(u32::MAX);
+    let found = opts.virtio[..opts.virtio_count]
+        .iter()
+        .filter_map(|&base| Device::probe(MmioRegs(base)).ok())
+        .find(|d| d.id == vsock::DEVICE_VSOCK)
+        .ok_or("no-vsock-device");
+    let (mut rx, mut tx) = (Virtq::default(), Virtq::default());
+    let mut link = match &found {
+        Ok(dev) => open(dev, &mut rx, &mut tx),
+        Err(why) => Err(*why),
+    }
+    .map_err(|why| vsock::report_error(con, why))
+    .ok();
+    serve::report_num(con, "port", u64::from(want.port));
+    let mut control = ControlLine::default();
+    let mut com2 = COM2;
+    loop {
+        if let Some(l) = link.as_mut()
+            && let Err(why) = drain(l, &mut server, limit)
+        {
+            vsock::report_error(con, why);
+            link = None;
+        }
+        if server.checks >= limit {
+            break;
+        }
+        if let Some(line) = control.poll(&mut com2) {
+            report::control(con, line);
+            break;
+        }
+        ticker.wait();
+    }
+    serve::report_num(con, "checks", u64::from(server.checks));
+}
+
+/// Starts the device and posts the receive buffers.
+fn open<'a>(
+    dev: &'a Device<MmioRegs>,
+    rx: &'a mut Virtq,
+    tx: &'a mut Virtq,
+) -> Result<Link<'a>, &'static str> {
+    // SAFETY: identity-mapped RAM that no Rust object covers (see VSOCK_BUFFERS); `run` of
+    // `devices`, the other user, is done with it, and this is the only reference now. Any
+    // byte pattern is a valid buffer.
+    let rxmem = unsafe { &mut *(VSOCK_BUFFERS as *mut [u8; vsock::RX_MEM]) };
+    let cid = vsock::start(dev, rx, tx)?;
+    let mut link = vsock::Link::new(dev, rx, tx, rxmem, cid);
+    link.post_all()?;
+    Ok(link)
+}
+
+/// Handles every packet that has arrived (each buffer is posted again as it is taken),
+/// stopping early once `limit` checks are answered.
+fn drain(link: &mut Link<'_>, server: &mut Server, limit: u32) -> Result<(), &'static str> {
+    while server.checks < limit {
+        let Some((_, replies)) = link.try_recv_with(|h, payload| server.packet(h, payload))? else {
+            return Ok(());
+        };
+        for r in replies.iter() {
+            link.send_in_place(r.hdr, r.payload, r.fwd)?;
+        }
+    }
+    Ok(())
+}
+
+/// A control request being received, byte by byte as the UART has them.
+#[derive(Debug)]
+struct ControlLine {
+    buf: [u8; CONTROL_MAX],
+    len: usize,
+}
+
+impl Default for ControlLine {
+    fn default() -> Self {
+        ControlLine {
+            buf: [0; CONTROL_MAX],
+            len: 0,
+        }
+    }
+}
+
+impl ControlLine {
+    /// Takes what has arrived; the line (without `\r\n`) once it is complete.
+    fn poll(&mut self, uart: &mut Uart) -> Option<&[u8]> {
+        while let Some(b) = uart.try_get() {
+            if b == b'\n' {
+                let line = &self.buf[..self.len];
+                return Some(line.strip_suffix(b"\r").unwrap_or(line));
+            }
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
+        }
+        None
+    }
+}
