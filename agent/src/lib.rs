@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cpio;
 pub mod embedded;
 pub mod fleet;

@@ -1,4 +1,6 @@
-//! `herd`: builds bootable-app images, keeps the local store and runs instances.
+//! `herd`: builds bootable-app images, keeps the local store, runs instances, and runs the
+//! agent (`herd agent`) and is its client (`herd service`, `herd ps`, `herd kill`, `herd logs`,
+//! `herd events`).
 //!
 //! This file only parses the command line, dispatches to the library and turns errors into
 //! one line (`herd: error: a: b: c`) and a sysexits-style status.
@@ -7,13 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use herd::agent::cli::{EventsArgs, KillArgs, LogsArgs, PsArgs, ServiceArgs};
+use herd::agent::config::AgentArgs;
 use herd::image::cli::{self, BuildArgs, ImagesArgs, InspectArgs, LoadArgs, RmArgs, SaveArgs};
 use herd::image::exit;
 
 const AFTER_HELP: &str = "\
 Exit status: 0 on success; `herd run` exits with the app's status. Errors: 64 bad usage
 (also an invalid or ambiguous image reference), 65 unusable input (bad config, not an ELF,
-corrupt blob or archive), 66 missing input (file, image, library, kernel), 70 internal error.";
+corrupt blob or archive; a request the agent refused), 66 missing input (file, image, library,
+kernel; a service or instance the agent does not know), 69 the agent is not reachable, 70
+internal error.";
 
 /// Build bootable-app images and run them as disposable microVMs.
 #[derive(Debug, Parser)]
@@ -42,6 +48,19 @@ enum Command {
     Load(LoadArgs),
     /// Boot an image in a microVM attached to the console.
     Run(Box<herd::run::RunArgs>),
+    /// Run the agent: serve the API and keep every service's instances running.
+    Agent(Box<AgentArgs>),
+    /// Create, change, scale, remove and list the agent's services.
+    Service(ServiceArgs),
+    /// List the agent's instances (running, and recently ended).
+    Ps(PsArgs),
+    /// Kill an instance; the agent replaces it.
+    Kill(KillArgs),
+    /// Print an instance's console output (-f: and follow it until the instance ends).
+    Logs(LogsArgs),
+    /// Follow the agent's events: instances started, healthy, exited, replaced; services
+    /// created, scaled, rolled out, rolled back.
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +84,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let status = herd::run::execute(*args, &home)?;
             return Ok(u8::try_from(status).unwrap_or(exit::SOFTWARE));
         }
+        Command::Agent(args) => herd::agent::run(*args, &home)?,
+        Command::Service(args) => herd::agent::cli::service(args)?,
+        Command::Ps(args) => herd::agent::cli::ps(args)?,
+        Command::Kill(args) => herd::agent::cli::kill(args)?,
+        Command::Logs(args) => herd::agent::cli::logs(args)?,
+        Command::Events(args) => herd::agent::cli::events(args)?,
     }
     Ok(0)
 }
@@ -83,7 +108,7 @@ fn main() -> ExitCode {
             eprintln!("herd: error: {e:#}");
             let code = e
                 .chain()
-                .find_map(cli::exit_code_of)
+                .find_map(|e| cli::exit_code_of(e).or_else(|| herd::agent::cli::exit_code_of(e)))
                 .unwrap_or(exit::SOFTWARE);
             ExitCode::from(code)
         }

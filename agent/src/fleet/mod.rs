@@ -11,6 +11,7 @@ pub mod state;
 pub use plan::{Action, InstanceView, ServiceView, plan};
 pub use service::{Backoff, FailureOutcome, Rollout, ServiceState};
 pub use spec::{
-    HealthCheck, NetworkMode, ProbeKind, RestartPolicy, RolloutPolicy, ServiceSpec, SpecError,
+    HealthCheck, MAX_REPLICAS, NetworkMode, ProbeKind, RestartPolicy, RolloutPolicy, ServiceSpec,
+    SpecError,
 };
 pub use state::{EndReason, InstanceStatus};

@@ -63,8 +63,9 @@ pub struct Rollout {
 pub enum FailureOutcome {
     /// Replace after this delay (ms).
     Replace { delay_ms: u64 },
-    /// The new version failed too often: the service went back to the previous spec as a new
-    /// generation (its instances replace the failing ones by the usual rules).
+    /// The new version failed too often: the service went back to the previous spec and its
+    /// generation, so the instances still running it are current again and the failing ones
+    /// are stopped by the usual rules.
     RolledBack { to_digest: String },
 }
 
@@ -74,10 +75,18 @@ pub struct ServiceState {
     pub spec: ServiceSpec,
     /// The image digest `spec.image` resolved to when the spec was accepted.
     pub digest: String,
-    /// Bumped on every change that needs new instances (image, env, args, sizes, network).
+    /// The generation new instances get: a new one for every change that needs new instances
+    /// (image, env, args, sizes, network); a rollback goes back to the generation it left, so
+    /// the instances still running it stay current.
     pub generation: u64,
+    /// The highest generation ever used, so a generation number names one spec only.
+    #[serde(default)]
+    pub last_generation: u64,
     pub backoff: Backoff,
     pub rollout: Option<Rollout>,
+    /// Instances that failed (and were replaced) since the service was created.
+    #[serde(default)]
+    pub replacements: u64,
 }
 
 impl ServiceState {
@@ -87,8 +96,10 @@ impl ServiceState {
             spec,
             digest,
             generation: 1,
+            last_generation: 1,
             backoff: Backoff::default(),
             rollout: None,
+            replacements: 0,
         }
     }
 
@@ -109,7 +120,8 @@ impl ServiceState {
                 previous_digest,
                 failures: 0,
             });
-            self.generation += 1;
+            self.last_generation = self.last_generation.max(self.generation) + 1;
+            self.generation = self.last_generation;
             self.backoff = Backoff::default();
         }
         self.spec = spec;
@@ -139,7 +151,7 @@ impl ServiceState {
             ..rollout.previous
         };
         self.digest = rollout.previous_digest.clone();
-        self.generation += 1;
+        self.generation = rollout.from_generation;
         self.backoff = Backoff::default();
         FailureOutcome::RolledBack {
             to_digest: rollout.previous_digest,
@@ -228,9 +240,12 @@ mod tests {
                 to_digest: "sha256:a".into()
             }
         );
-        assert_eq!((s.generation, s.digest.as_str()), (3, "sha256:a"));
+        assert_eq!((s.generation, s.digest.as_str()), (1, "sha256:a"));
         assert_eq!((s.spec.image.as_str(), s.spec.replicas), ("a:1", 4));
         assert!(s.rollout.is_none() && !s.backoff.blocks(30));
+        // The next update gets a generation never used before.
+        s.update(spec("a:3", 4), "sha256:c".into());
+        assert_eq!(s.generation, 3);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn exit_code_of(err: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
@@ -71,7 +71,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-fn parse_health_http(s: &str) -> Result<HttpCheck, String> {
+pub(crate) fn parse_health_http(s: &str) -> Result<HttpCheck, String> {
     let (port, path) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?} is not PORT/PATH"))?;

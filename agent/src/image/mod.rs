@@ -28,6 +28,8 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// An input was missing or unreadable (file, image, library).
     pub const NO_INPUT: u8 = 66;
+    /// A service herd needs is not there (the agent's socket does not answer).
+    pub const UNAVAILABLE: u8 = 69;
     /// Anything else, e.g. the store could not be written.
     pub const SOFTWARE: u8 = 70;
 

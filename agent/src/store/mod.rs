@@ -412,6 +412,12 @@ impl Store {
         Ok(out)
     }
 
+    /// The index entries `reference` denotes (those [`Store::remove`] would untag), without
+    /// reading any blob.
+    pub fn find(&self, reference: &str) -> Result<Vec<Entry>, StoreError> {
+        Index::read(&self.dir)?.find(reference)
+    }
+
     /// Removes the refs `reference` denotes (every ref of the image for a digest), then
     /// deletes the blobs no remaining manifest uses and any abandoned temp files.
     pub fn remove(&self, reference: &str) -> Result<Removal, StoreError> {

@@ -1,0 +1,97 @@
+//! `herd agent`'s command line: every option, documented for `--help`, with its default, and
+//! the socket, state and herd-vmm paths resolved from flags, environment and `--home`.
+
+use std::path::{Path, PathBuf};
+
+use super::network::Subnet;
+use crate::run::{RunError, find_vmm};
+
+/// The API socket when neither `--socket` nor `$HERD_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/herd/herd.sock";
+
+/// `$HERD_SOCKET`, or [`DEFAULT_SOCKET`] when it is unset or empty; the agent and the client
+/// agree on it.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("HERD_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| DEFAULT_SOCKET.into(), PathBuf::from)
+}
+
+/// Run the agent: serve the API and keep every service's instances running.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The API's Unix socket (HTTP/1.1 + JSON, mode 0660; its directory is created). A socket
+    /// left by a dead agent is replaced; one a live agent answers on is refused [default:
+    /// $HERD_SOCKET, else /run/herd/herd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Where the agent keeps its database and the instances' console logs [default:
+    /// HOME/agent, HOME being --home].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The host bridge the instances' TAP interfaces join; the agent creates it and gives it
+    /// the subnet's first address. `none`: instances get no network device.
+    #[arg(long, value_name = "NAME", default_value = "herd0", value_parser = parse_bridge)]
+    pub bridge: String,
+    /// The instances' IPv4 network, prefix 16 to 29: the first host address is the bridge's
+    /// (the instances' gateway); each instance gets one of the others.
+    #[arg(long, value_name = "CIDR", default_value = "172.31.0.0/24")]
+    pub subnet: Subnet,
+    /// The herd-vmm binary instances run in [default: $HERD_VMM, else next to this
+    /// executable, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub vmm: Option<PathBuf>,
+    /// Size cap of each instance's console log in bytes; older output is rotated away.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_max_bytes: u64,
+    /// How long the console logs of an instance that ended are kept, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 3_600_000)]
+    pub log_keep_ms: u64,
+}
+
+impl AgentArgs {
+    /// The socket to serve on.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket)
+    }
+
+    /// The state directory, given herd's home (`--home`).
+    pub fn state_dir(&self, home: &Path) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| home.join("agent"))
+    }
+
+    /// The herd-vmm binary.
+    pub fn vmm_path(&self) -> Result<PathBuf, RunError> {
+        self.vmm.clone().map_or_else(find_vmm, Ok)
+    }
+}
+
+/// A network interface name the kernel accepts: 1 to 15 bytes, no `/`, `:` or whitespace.
+fn parse_bridge(name: &str) -> Result<String, String> {
+    let ok = (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_names_must_be_interface_names() {
+        assert!(parse_bridge("herd0").is_ok());
+        for bad in ["", "a/b", "a b", "sixteen-chars-xx", ".."] {
+            assert!(parse_bridge(bad).is_err(), "{bad}");
+        }
+    }
+}

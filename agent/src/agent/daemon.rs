@@ -1,0 +1,129 @@
+//! `herd agent` from start to exit: lock the state directory, open the database, set up the
+//! bridge, take over running instances, then serve the API until SIGTERM or SIGINT. Stopping
+//! the agent never stops instances: they run on, and the next agent adopts them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::api::{self, ApiError, Backend};
+use super::config::AgentArgs;
+use super::db::{Db, DbError};
+use super::dispatch::Dispatcher;
+use super::network::{Bridge, NetworkError};
+use super::supervisor::{LaunchSettings, Settings, Supervisor, SupervisorError};
+use crate::run::RunError;
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the state directory {0}")]
+    StateDir(PathBuf, #[source] std::io::Error),
+    #[error("another agent uses the state directory {0}")]
+    Locked(PathBuf),
+    #[error("cannot lock {0}")]
+    Lock(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot set up the bridge")]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Vmm(#[from] RunError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// `--bridge none`: instances get no network.
+pub const NO_BRIDGE: &str = "none";
+
+/// Runs the agent until it is told to stop.
+pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
+    init_logging();
+    let state_dir = args.state_dir(home);
+    let instances_dir = state_dir.join("instances");
+    std::fs::create_dir_all(&instances_dir)
+        .map_err(|e| AgentError::StateDir(instances_dir.clone(), e))?;
+    let _lock = lock(&state_dir)?;
+    let db = Db::open(&state_dir.join("state.db"))?;
+    let bridge = if args.bridge == NO_BRIDGE {
+        None
+    } else {
+        Some(Bridge::ensure(&args.bridge, args.subnet)?)
+    };
+    let settings = Settings {
+        home: home.to_owned(),
+        vmm: args.vmm_path()?,
+        launch: LaunchSettings {
+            instances_dir,
+            bridge,
+            console_log_max_bytes: args.log_max_bytes,
+            pvm: Path::new("/sys/module/kvm_pvm").exists(),
+        },
+        keep_ended_ms: args.log_keep_ms,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(serve(settings, db, &args.socket_path()))
+}
+
+async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentError> {
+    let (dispatcher, calls) = Dispatcher::channel();
+    let (home, instances_dir) = (settings.home.clone(), settings.launch.instances_dir.clone());
+    let supervisor = Supervisor::start(settings, db)?;
+    let backend = Backend::new(
+        dispatcher,
+        supervisor.events(),
+        supervisor.fleet(),
+        home,
+        instances_dir,
+    );
+    let fleet = tokio::spawn(supervisor.run(calls));
+    tracing::info!(socket = %socket.display(), "serving");
+    api::serve(socket, backend, stop_signal()).await?;
+    // The API's dispatchers are gone, so the supervisor's queue closes and it returns.
+    let _ = fleet.await;
+    tracing::info!("stopped; instances keep running");
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One agent per state directory: an exclusive lock held for the agent's life.
+fn lock(state_dir: &Path) -> Result<File, AgentError> {
+    let path = state_dir.join("agent.lock");
+    let file = File::create(&path).map_err(|e| AgentError::Lock(path.clone(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Locked(state_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(AgentError::Lock(path, e)),
+    }
+}
+
+/// Log lines to stderr; `HERD_LOG` sets the filter (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}

@@ -1,0 +1,27 @@
+//! `herd agent`: the per-host daemon that keeps the desired fleet running. Requests arrive on
+//! a Unix socket (`api`, HTTP/1.1 + JSON), are decoded into `types::Request` and go through
+//! the `dispatch` queue to the supervisor, which owns all state, applies the `fleet` rules and
+//! starts and stops herd-vmm processes. What it does is observable without queueing behind
+//! it: an `events` log, a published `snapshot` (for `metrics` and the image routes), and the
+//! instances' console `logs`.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod dispatch;
+pub mod events;
+pub mod health;
+pub mod images;
+pub mod logs;
+pub mod metrics;
+pub mod network;
+pub mod process;
+pub mod snapshot;
+pub mod supervisor;
+pub mod table;
+pub mod types;
+
+pub use daemon::{AgentError, run};

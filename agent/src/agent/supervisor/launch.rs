@@ -1,0 +1,211 @@
+//! Starting one instance: its directory, configuration archive, network interface and the
+//! herd-vmm command line, from the service's spec and the image it resolved to. Everything an
+//! instance needs lives in its directory, so herd-vmm never depends on the agent after start.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use herd_proto::{InstanceConfig, NetworkConfig};
+
+use crate::agent::network::{self, Bridge, NetworkError};
+use crate::fleet::{NetworkMode, ServiceState};
+use crate::run::{BootPlan, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
+use crate::store::ResolvedImage;
+
+/// Errors preparing an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot create {0}")]
+    Dir(PathBuf, #[source] std::io::Error),
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot build the instance configuration")]
+    Archive(#[source] RunError),
+    #[error("the service wants a network but the agent runs without one (--bridge none)")]
+    NoBridge,
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+/// What the agent passes to every launch.
+#[derive(Clone, Debug)]
+pub struct LaunchSettings {
+    /// Instance directories are created under this.
+    pub instances_dir: PathBuf,
+    pub bridge: Option<Bridge>,
+    /// Per-file cap of the console log (herd-vmm rotates to `console.log.1`).
+    pub console_log_max_bytes: u64,
+    /// Add the kernel words a stock Linux guest needs on a PVM host.
+    pub pvm: bool,
+}
+
+/// Files of one instance.
+#[derive(Clone, Debug)]
+pub struct InstanceFiles {
+    pub dir: PathBuf,
+}
+
+impl InstanceFiles {
+    pub fn new(instances_dir: &Path, id: &str) -> Self {
+        Self {
+            dir: instances_dir.join(id),
+        }
+    }
+    pub fn archive(&self) -> PathBuf {
+        self.dir.join("instance.cpio")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+
+    /// Removes what only a running instance needs (the logs stay for `herd logs`).
+    pub fn remove_runtime_files(&self) {
+        let _ = std::fs::remove_file(self.archive());
+        let _ = std::fs::remove_file(self.vsock());
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            // Guest-initiated vsock connections listen on `vsock.sock_<port>`.
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("vsock.sock_") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// A prepared instance: what to run and what was set up for it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub args: Vec<std::ffi::OsString>,
+    pub address: Option<String>,
+    pub tap: Option<String>,
+}
+
+/// Creates the instance's directory, archive and TAP, and herd-vmm's arguments.
+/// `used` are the addresses live instances hold. On error nothing is left behind but the
+/// directory (which holds nothing yet).
+pub fn prepare(
+    settings: &LaunchSettings,
+    service: &ServiceState,
+    image: &ResolvedImage,
+    id: &str,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Result<Prepared, LaunchError> {
+    let files = InstanceFiles::new(&settings.instances_dir, id);
+    std::fs::create_dir_all(&files.dir).map_err(|e| LaunchError::Dir(files.dir.clone(), e))?;
+    let network = match service.spec.network {
+        NetworkMode::None => None,
+        NetworkMode::Bridge => {
+            let bridge = settings.bridge.as_ref().ok_or(LaunchError::NoBridge)?;
+            let addr = bridge
+                .subnet
+                .allocate(used)
+                .ok_or_else(|| NetworkError::Exhausted(bridge.subnet.to_string()))?;
+            Some((bridge, addr))
+        }
+    };
+    let config = InstanceConfig {
+        instance_id: id.to_owned(),
+        hostname: id.to_owned(),
+        env: service.spec.env.clone(),
+        args: service.spec.args.clone(),
+        network: network.map(|(bridge, addr)| NetworkConfig {
+            address: format!("{addr}/{}", bridge.subnet.prefix),
+            gateway: Some(bridge.subnet.gateway().to_string()),
+            dns: Vec::new(),
+        }),
+    };
+    let archive = instance_archive(&config).map_err(LaunchError::Archive)?;
+    std::fs::write(files.archive(), archive).map_err(|e| LaunchError::Write(files.archive(), e))?;
+    let tap = match network {
+        Some((bridge, _)) => {
+            let name = network::tap_name(id);
+            bridge.add_tap(&name)?;
+            Some(name)
+        }
+        None => None,
+    };
+    let plan = boot_plan(settings, service, image, &files, tap.clone());
+    let mut args = plan.vmm_args();
+    args.extend([
+        "--console-log".into(),
+        files.console_log().into(),
+        "--console-log-max-bytes".into(),
+        settings.console_log_max_bytes.to_string().into(),
+        // The boot-time line the agent reads is logged at info.
+        "--log-level".into(),
+        "info".into(),
+    ]);
+    Ok(Prepared {
+        args,
+        address: config.network.map(|n| n.address),
+        tap,
+    })
+}
+
+fn boot_plan(
+    settings: &LaunchSettings,
+    service: &ServiceState,
+    image: &ResolvedImage,
+    files: &InstanceFiles,
+    tap: Option<String>,
+) -> BootPlan {
+    let mut cmdline = image.config.kernel.cmdline.clone();
+    if settings.pvm {
+        cmdline = format!("{cmdline} {PVM_CMDLINE}");
+    }
+    let mut vsock = std::ffi::OsString::from("3,");
+    vsock.push(files.vsock());
+    BootPlan {
+        kernel: image.kernel.clone(),
+        initramfs: image.initramfs.clone(),
+        instance_archive: files.archive(),
+        cmdline,
+        vcpus: service.spec.vcpus.unwrap_or(image.config.vcpus),
+        memory_mib: service.spec.memory_mib.unwrap_or(image.config.memory_mib),
+        stop_grace_ms: service.spec.stop_timeout_ms,
+        disks: with_rootfs(image.rootfs.as_ref().map(|(_, p)| p.as_path()), Vec::new()),
+        taps: tap.into_iter().collect(),
+        vsock: Some(vsock),
+    }
+}
+
+/// A fresh instance id: the service name and 8 random hex digits.
+pub fn new_instance_id(service: &str) -> String {
+    crate::run::new_instance_id(service)
+}
+
+/// Milliseconds from herd-vmm's start to the guest's boot-complete signal, from the line
+/// herd-vmm logs (`Guest-boot-time = N us ...`).
+pub fn boot_time_ms(vmm_log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(vmm_log).ok()?;
+    let rest = text.split("Guest-boot-time = ").nth(1)?;
+    let us: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(us / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_time_comes_from_the_vmm_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vmm.log");
+        std::fs::write(
+            &log,
+            "x\nINFO Guest-boot-time = 12345 us 12 ms, 26 CPU us\n",
+        )
+        .unwrap();
+        assert_eq!(boot_time_ms(&log), Some(12));
+        std::fs::write(&log, "nothing yet\n").unwrap();
+        assert_eq!(boot_time_ms(&log), None);
+    }
+}
