@@ -139,7 +139,8 @@ pub fn tap_name(instance_id: &str) -> String {
     format!("{TAP_PREFIX}{}", &random[..random.len().min(13)])
 }
 
-fn ip(args: &[&str]) -> Result<(), NetworkError> {
+/// Runs `ip ARGS`; a failure carries iproute2's own message.
+pub fn ip(args: &[&str]) -> Result<(), NetworkError> {
     let err = |why: String, source| NetworkError::Ip {
         args: args.join(" "),
         why,

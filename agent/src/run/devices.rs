@@ -6,7 +6,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use herd_proto::NetworkConfig;
 
@@ -28,13 +27,11 @@ pub enum DeviceError {
     NetworkWithoutIp,
     #[error("--vsock-socket {0}: the path must not contain a comma")]
     Vsock(PathBuf),
-    #[error("cannot create TAP interface {name} (`ip {args}`): {why}")]
+    #[error("cannot create TAP interface {name}")]
     Tap {
         name: String,
-        args: String,
-        why: String,
         #[source]
-        source: Option<std::io::Error>,
+        source: crate::agent::network::NetworkError,
     },
 }
 
@@ -163,21 +160,10 @@ impl Drop for AutoTap {
 
 /// Runs `ip ARGS` for the TAP `name`.
 fn ip(name: &str, args: &[&str]) -> Result<(), DeviceError> {
-    let err = |why: String, source| DeviceError::Tap {
+    crate::agent::network::ip(args).map_err(|source| DeviceError::Tap {
         name: name.to_owned(),
-        args: args.join(" "),
-        why,
         source,
-    };
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| err("cannot run ip".into(), Some(e)))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    Err(err(stderr, None))
+    })
 }
 
 /// The host-side address of an automatic TAP: the instance's gateway with its prefix.
