@@ -263,3 +263,73 @@ fn a_rolling_update_keeps_enough_healthy_and_a_version_that_never_turns_healthy_
         .count();
     assert!(failed >= 3, "the bad version was tried: {failed}");
 }
+
+/// On hardware KVM: the `http` example app as a service with HTTP health checks over the
+/// agent's bridge, answering curl from the namespace, and a killed instance replaced.
+#[test]
+fn http_service_with_http_checks_serves_curl_and_heals_on_hardware_kvm() {
+    let test = "http_service_with_http_checks_serves_curl_and_heals_on_hardware_kvm";
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        println!(
+            "{test}: skipped on PVM: Linux user space cannot start under its instruction emulator"
+        );
+        return;
+    }
+    let Some(agent) = Agent::new(test) else {
+        return;
+    };
+    let kernel = herd_tests::guest_kernel::kernel_dir()
+        .expect("guest kernel not built: run guest-kernel/build.sh")
+        .join("vmlinux");
+    let exe = std::env::current_exe().unwrap();
+    let http = exe.parent().unwrap().parent().unwrap().join("http");
+    let out = agent
+        .herd()
+        .args(["build", "--binary"])
+        .arg(&http)
+        .args(["--name", "http", "--version", "1", "--kernel"])
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut spec = service("web", "http:1", 2);
+    spec["env"] = json!({"PORT": "8080"});
+    spec["health_check"] = json!({"http": {"port": 8080, "path": "/healthz"}, "interval_ms": 200,
+        "timeout_ms": 150, "failure_threshold": 3, "grace_ms": 10000});
+    agent.api("POST", "/v1/services", Some(&spec));
+    let healthy = || {
+        agent
+            .running("web")
+            .iter()
+            .filter(|i| i["status"] == "healthy")
+            .count()
+    };
+    agent.wait_for("2 healthy http instances", || healthy() == 2);
+    for instance in agent.running("web") {
+        let addr = instance["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let out = agent.ns.run(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://{addr}:8080/healthz"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{instance}");
+    }
+    let before = agent.running("web");
+    assert!(kill_pid(pid_of(&before[0])));
+    agent.wait_for("a healthy replacement", || {
+        let now = agent.running("web");
+        healthy() == 2 && ids(&now) != ids(&before)
+    });
+}
