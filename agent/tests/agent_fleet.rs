@@ -117,6 +117,11 @@ fn scaling_down_and_removing_a_service_stop_instances_and_remove_their_taps() {
     agent.wait_for("the TAPs removed", || agent.taps().is_empty());
     let (status, _) = agent.api("GET", "/v1/services/web", None);
     assert_eq!(status, 404);
+    // With nothing left running, a stopped agent leaves no bridge behind.
+    assert!(agent.has_link("herd0"));
+    let mut agent = agent;
+    assert!(agent.stop_agent(), "{}", agent.log());
+    assert!(!agent.has_link("herd0"), "{}", agent.log());
 }
 
 #[test]

@@ -75,6 +75,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
 async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentError> {
     let (dispatcher, calls) = Dispatcher::channel();
     let (home, instances_dir) = (settings.home.clone(), settings.launch.instances_dir.clone());
+    let bridge = settings.launch.bridge.clone();
     let supervisor = Supervisor::start(settings, db)?;
     let backend = Backend::new(
         dispatcher,
@@ -87,8 +88,17 @@ async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentErr
     tracing::info!(socket = %socket.display(), "serving");
     api::serve(socket, backend, stop_signal()).await?;
     // The API's dispatchers are gone, so the supervisor's queue closes and it returns.
-    let _ = fleet.await;
-    tracing::info!("stopped; instances keep running");
+    let running = fleet.await.unwrap_or(usize::MAX);
+    match bridge {
+        // Nothing uses the bridge any more: leave the host as it was.
+        Some(bridge) if running == 0 => {
+            if let Err(e) = bridge.remove() {
+                tracing::warn!(bridge = %bridge.name, error = %super::supervisor::chain(&e), "cannot remove the bridge");
+            }
+            tracing::info!("stopped");
+        }
+        _ => tracing::info!(running, "stopped; instances keep running"),
+    }
     Ok(())
 }
 

@@ -110,6 +110,11 @@ impl Bridge {
         attached
     }
 
+    /// Deletes the bridge (when the agent stops with no instance left on it).
+    pub fn remove(&self) -> Result<(), NetworkError> {
+        ip(&["link", "del", "dev", &self.name])
+    }
+
     /// The agent's TAPs on this host (by name prefix), for cleaning up after dead instances.
     pub fn taps(&self) -> Vec<String> {
         let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() else {

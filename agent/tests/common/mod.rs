@@ -344,6 +344,22 @@ impl Agent {
         child.wait().unwrap();
     }
 
+    /// Stops the agent with SIGTERM and waits for it to exit; returns whether it exited 0.
+    pub fn stop_agent(&mut self) -> bool {
+        let mut child = self.child.take().expect("the agent runs");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        child.wait().unwrap().success()
+    }
+
+    /// Whether `dev` exists in the namespace.
+    pub fn has_link(&self, dev: &str) -> bool {
+        self.ns
+            .run(&["ip", "link", "show", "dev", dev])
+            .status
+            .success()
+    }
+
     /// The agent's TAP interfaces in the namespace.
     pub fn taps(&self) -> Vec<String> {
         let out = self.ns.run(&["ip", "-o", "link", "show"]);

@@ -108,7 +108,8 @@ impl Supervisor {
     /// Serves requests and events until `calls` closes (the API is gone). The snapshot is
     /// published after every change, and before a request's answer, so a client never reads
     /// one older than a change it was told about.
-    pub async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+    /// Returns how many instances are still running then (they keep running).
+    pub async fn run(mut self, mut calls: mpsc::Receiver<Call>) -> usize {
         self.reconcile_all();
         self.publish();
         loop {
@@ -126,6 +127,10 @@ impl Supervisor {
             self.reconcile_all();
             self.publish();
         }
+        self.instances
+            .values()
+            .filter(|i| i.record.status.is_live())
+            .count()
     }
 
     /// The next time something is due: a back-off ending, a stop overdue, a prune.
