@@ -9,7 +9,7 @@ use rustix::process::Signal;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::launch::{InstanceFiles, new_instance_id, prepare};
+use super::launch::{InstanceFiles, prepare};
 use super::{Event, Supervisor, chain, unix_ms};
 use crate::agent::db::InstanceRecord;
 use crate::agent::health::{Target, probe};
@@ -94,7 +94,7 @@ impl Supervisor {
         let Some(state) = self.services.get(service).cloned() else {
             return;
         };
-        let id = new_instance_id(service);
+        let id = crate::run::new_instance_id(service);
         let mut record = InstanceRecord {
             id: id.clone(),
             service: service.to_owned(),
@@ -280,12 +280,28 @@ impl Supervisor {
         }
         tracing::info!(instance = id, ?reason, code, "ended");
         let record = live.record.clone();
-        let boot_seen = live.boot_time_ms.is_some();
+        self.learn_boot_time(id);
         self.clean_up(&record);
         self.save(&record);
-        self.observe_exit(&record, boot_seen);
+        self.observe_exit(&record);
         if reason.is_failure() {
             self.count_failure(&record);
+        }
+    }
+
+    /// Reads the instance's boot time from herd-vmm's log until it is there, then keeps it
+    /// (and counts it in the boot-time histogram once); later calls cost nothing.
+    pub(super) fn learn_boot_time(&mut self, id: &str) {
+        let Some(live) = self.instances.get_mut(id) else {
+            return;
+        };
+        if live.boot_time_ms.is_some() {
+            return;
+        }
+        let files = InstanceFiles::new(&self.settings.launch.instances_dir, id);
+        live.boot_time_ms = super::boot_time_ms(&files.vmm_log());
+        if let Some(ms) = live.boot_time_ms {
+            self.counters.boot_times.observe(ms);
         }
     }
 
@@ -339,17 +355,13 @@ impl Supervisor {
             return;
         };
         live.check_failures = if passed { 0 } else { live.check_failures + 1 };
-        if live.boot_time_ms.is_none() && passed {
-            let files = InstanceFiles::new(&self.settings.launch.instances_dir, id);
-            live.boot_time_ms = super::boot_time_ms(&files.vmm_log());
-            if let Some(ms) = live.boot_time_ms {
-                self.counters.boot_times.observe(ms);
-            }
-        }
         let changed = next != live.record.status;
         live.record.status = next;
         let failed_out = live.check_failures >= check.failure_threshold;
         let record = live.record.clone();
+        if passed {
+            self.learn_boot_time(id);
+        }
         if changed {
             tracing::info!(instance = id, status = ?next, "health changed");
             self.save(&record);

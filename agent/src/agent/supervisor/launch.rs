@@ -177,11 +177,6 @@ fn boot_plan(
     }
 }
 
-/// A fresh instance id: the service name and 8 random hex digits.
-pub fn new_instance_id(service: &str) -> String {
-    crate::run::new_instance_id(service)
-}
-
 /// Milliseconds from herd-vmm's start to the guest's boot-complete signal, from the line
 /// herd-vmm logs (`Guest-boot-time = N us ...`).
 pub fn boot_time_ms(vmm_log: &Path) -> Option<u64> {

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::launch::InstanceFiles;
 use super::{Live, Supervisor};
 use crate::agent::db::InstanceRecord;
 use crate::agent::events::EventLog;
@@ -29,18 +28,12 @@ impl Supervisor {
         self.events.record(service, instance, kind);
     }
 
-    /// An instance ended: the event, the exit count, and its boot time if not known yet.
-    pub(super) fn observe_exit(&mut self, record: &InstanceRecord, boot_seen: bool) {
+    /// An instance ended: the event and the exit count.
+    pub(super) fn observe_exit(&mut self, record: &InstanceRecord) {
         let Some(end) = &record.end else {
             return;
         };
         self.counters.count_exit(end.reason);
-        if !boot_seen {
-            let files = InstanceFiles::new(&self.settings.launch.instances_dir, &record.id);
-            if let Some(ms) = super::boot_time_ms(&files.vmm_log()) {
-                self.counters.boot_times.observe(ms);
-            }
-        }
         let kind = EventKind::InstanceExited {
             reason: end.reason,
             exit_code: end.exit_code,

@@ -2,7 +2,6 @@
 //! (image references are resolved to digests once, when a spec is accepted), and services and
 //! instances are reported.
 
-use super::launch::InstanceFiles;
 use super::{Live, Supervisor, chain, unix_ms};
 use crate::agent::dispatch::Reply;
 use crate::agent::types::{EventKind, InstanceInfo, Request, RequestError, Response, ServiceInfo};
@@ -33,14 +32,25 @@ impl Supervisor {
                 self.emit(&name, None, EventKind::ServiceDeleted);
                 Ok(Response::Done)
             }
-            Request::ListInstances { service } => Ok(Response::Instances(
-                self.instances
+            Request::ListInstances { service } => {
+                // Ended instances had their last chance when they ended.
+                let live: Vec<String> = self
+                    .instances
                     .values()
-                    .filter(|i| service.as_ref().is_none_or(|s| *s == i.record.service))
-                    .map(|i| self.instance_info(i))
-                    .collect(),
-            )),
+                    .filter(|i| i.record.status.is_live())
+                    .map(|i| i.record.id.clone())
+                    .collect();
+                live.iter().for_each(|id| self.learn_boot_time(id));
+                Ok(Response::Instances(
+                    self.instances
+                        .values()
+                        .filter(|i| service.as_ref().is_none_or(|s| *s == i.record.service))
+                        .map(|i| self.instance_info(i))
+                        .collect(),
+                ))
+            }
             Request::GetInstance { id } => {
+                self.learn_boot_time(&id);
                 let live = self
                     .instances
                     .get(&id)
@@ -172,10 +182,7 @@ impl Supervisor {
 
     fn instance_info(&self, live: &Live) -> InstanceInfo {
         let r = &live.record;
-        let boot_time_ms = live.boot_time_ms.or_else(|| {
-            let files = InstanceFiles::new(&self.settings.launch.instances_dir, &r.id);
-            super::boot_time_ms(&files.vmm_log())
-        });
+        let boot_time_ms = live.boot_time_ms;
         let until = r.end.as_ref().map_or_else(unix_ms, |e| e.at_ms);
         InstanceInfo {
             id: r.id.clone(),
