@@ -6,11 +6,12 @@ use std::io;
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::x86_64::memory_map::ram_ranges;
 use crate::sys::kvm::register_memory_region;
+use crate::sys::memory::name_guest_ram;
 
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,9 @@ impl Vm {
         let memory = GuestMemoryMmap::from_ranges(&ranges)
             .map_err(|e| VmError::Memory(mem_bytes >> 20, e))?;
         for (slot, region) in memory.iter().enumerate() {
+            if let Err(e) = name_guest_ram(region.as_ptr(), region.len() as usize) {
+                tracing::debug!("guest RAM stays unnamed in smaps: {e}");
+            }
             register_memory_region(&fd, slot as u32, region)
                 .map_err(|e| VmError::MemorySlot(slot as u32, e))?;
         }
