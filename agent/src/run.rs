@@ -224,6 +224,9 @@ impl BootPlan {
             a.extend([flag.into(), value.into()]);
         }
         a.push("--entropy".into());
+        // Store blobs are written once and never rewritten: instances of one image can
+        // share its kernel and initramfs pages through the page cache.
+        a.push("--map-boot-files".into());
         for disk in &self.disks {
             a.extend(["--disk".into(), disk.vmm_flag()]);
         }
@@ -521,6 +524,7 @@ mod tests {
                 "--stop-grace",
                 "5000",
                 "--entropy",
+                "--map-boot-files",
                 "--disk",
                 "root.ext4,ro",
                 "--disk",

@@ -5,6 +5,7 @@
 //! [`vmm::Vmm::run`] runs it until the guest exits, resets, crashes or we are signalled.
 
 pub mod arch;
+pub mod boot_files;
 pub mod bus;
 pub mod config;
 pub mod console_log;

@@ -76,6 +76,12 @@ struct Cli {
     /// stops at once [default: stop at once].
     #[arg(long, value_name = "MS")]
     stop_grace: Option<u64>,
+    /// Map the kernel's and the first initrd's pages into guest memory from the page cache
+    /// (private, copy-on-write) instead of copying them, so VMs booting the same files share
+    /// those pages. Only for files that are not rewritten while the VM runs (the agent's
+    /// image store); a truncated file would fault the guest.
+    #[arg(long)]
+    map_boot_files: bool,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -113,11 +119,13 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
                 .collect::<Result<_, _>>()?,
             drives,
             vsock: cli.vsock.as_deref().map(parse_vsock_flag).transpose()?,
+            map_boot_files: false,
         },
     };
     raw.console_log = cli.console_log;
     raw.console_log_max_bytes = cli.console_log_max_bytes;
     raw.stop_grace_ms = cli.stop_grace;
+    raw.map_boot_files = cli.map_boot_files;
     raw.validate(host::memory_mib())
 }
 

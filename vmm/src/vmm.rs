@@ -16,6 +16,7 @@ use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ, COM2_IRQ};
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::BootEntry;
+use crate::boot_files;
 use crate::bus::{BusError, IoBuses};
 use crate::config::{ConfigError, ConsoleOutput, KernelCmdline, VmConfig};
 use crate::console_log::{ConsoleLogError, RotatingFile};
@@ -252,6 +253,12 @@ fn load_guest(
             source,
         }
     })?;
+    if config.map_boot_files && kernel.setup_header.is_none() {
+        match boot_files::share_elf_kernel(&vm.memory, kernel_file) {
+            Ok(bytes) => tracing::debug!(bytes, "kernel pages mapped from the page cache"),
+            Err(e) => tracing::debug!(error = ?e, "kernel pages stay copied"),
+        }
+    }
     let initrd = load_initrds(vm, config, &kernel, initrd_files)?;
     boot::write_boot_info(&vm.memory, &kernel, initrd, cmdline.as_str(), mem_bytes)
         .map_err(VmmError::BootInfo)?;
@@ -284,6 +291,15 @@ fn load_initrds(
     let plan = boot::plan_initrd(&sizes, kernel, config.memory.bytes())
         .map_err(|e| err(&config.initrds[config.initrds.len() - 1], e))?;
     for (i, file) in files.iter_mut().enumerate() {
+        // The first part starts page-aligned: with --map-boot-files it comes straight from
+        // the page cache (the file's last page reads as zeroes past its end).
+        if i == 0 && config.map_boot_files {
+            let len = sizes[0].next_multiple_of(4096);
+            match boot_files::map_range(&vm.memory, file, plan.parts[0], 0, len) {
+                Ok(()) => continue,
+                Err(e) => tracing::debug!(error = ?e, "initrd stays copied"),
+            }
+        }
         boot::load_initrd_part(&vm.memory, file, plan.parts[i], sizes[i])
             .map_err(|e| err(&config.initrds[i], e))?;
     }

@@ -207,6 +207,10 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Map the kernel's and the first initrd's pages from the page cache (private,
+    /// copy-on-write) instead of copying them, so instances booting the same files share
+    /// those pages. Only for files nobody rewrites while the VM runs.
+    pub map_boot_files: bool,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -224,6 +228,7 @@ pub struct RawVmConfig {
     pub net: Vec<RawNetConfig>,
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
+    pub map_boot_files: bool,
 }
 
 /// vCPUs when none are asked for.
@@ -247,6 +252,7 @@ impl RawVmConfig {
             net: validate_net(self.net)?,
             drives: drive::validate(self.drives)?,
             vsock: self.vsock.map(VsockConfig::validate).transpose()?,
+            map_boot_files: self.map_boot_files,
         })
     }
 }
