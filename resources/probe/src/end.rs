@@ -37,7 +37,9 @@ pub fn finish(con: &mut Com1, opts: Options) -> ! {
         End::Serve => serving::run(con, &opts),
         _ => {}
     }
-    report::done(con, opts.exit);
+    if !opts.quiet {
+        report::done(con, opts.exit);
+    }
     match opts.end {
         End::Exit | End::Echo | End::Control | End::Panic | End::Serve => exit(opts.exit),
         End::Reboot => {

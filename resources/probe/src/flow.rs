@@ -24,44 +24,62 @@ pub fn report<M: PhysMem>(
     info: u64,
     memcheck: impl FnOnce(u64) -> bool,
 ) -> Result<Options, BootError> {
-    report::boot(s, proto);
     let handoff = match proto {
-        Protocol::Pvh => bootinfo::from_pvh(mem, info)?,
-        Protocol::Linux64 => bootinfo::from_zero_page(mem, info)?,
+        Protocol::Pvh => bootinfo::from_pvh(mem, info),
+        Protocol::Linux64 => bootinfo::from_zero_page(mem, info),
     };
+    let handoff = handoff.inspect_err(|_| report::boot(s, proto))?;
     let mem = MapChecked::new(mem, handoff.memmap);
     let line = match handoff.cmdline {
         0 => &[][..],
         addr => cmdline::until_nul(mem.slice_upto(addr, CMDLINE_MAX)),
     };
-    report::cmdline(s, line);
     let mut opts = cmdline::parse(line);
-    for r in handoff.memmap.iter() {
-        report::e820(s, &r);
-    }
     let initrd = handoff
         .initrd
         .and_then(|r| mem.slice(r.addr, usize::try_from(r.size).ok()?));
-    report::initrd(s, handoff.initrd, initrd.map(byte_sum));
-    let (mut image, mut instance) = (None, None);
-    for f in initrd
-        .into_iter()
-        .flat_map(newc::files)
-        .filter(|f| f.name.starts_with(b"herd/"))
-    {
-        report::file(s, f.name, f.data, f.sum());
-        match f.name {
-            b"herd/image.json" => image = Some(f.data),
-            b"herd/instance.json" => instance = Some(f.data),
-            _ => {}
+    if opts.quiet {
+        if opts.end == End::Serve {
+            let (image, instance) = herd_files(initrd, |_| {});
+            opts.serve.apply_env(image, instance);
         }
+        return Ok(opts);
     }
+    report::boot(s, proto);
+    report::cmdline(s, line);
+    for r in handoff.memmap.iter() {
+        report::e820(s, &r);
+    }
+    report::initrd(s, handoff.initrd, initrd.map(byte_sum));
+    let (image, instance) = herd_files(initrd, |f| report::file(s, f.name, f.data, f.sum()));
     if opts.end == End::Serve {
         opts.serve.apply_env(image, instance);
     }
     report::cpus(s, mptable::cpus(&mem));
     report::memcheck(s, check_top(&handoff, memcheck));
     Ok(opts)
+}
+
+/// `herd/image.json` and `herd/instance.json` from the initrd, calling `each` on every
+/// `herd/` file on the way.
+fn herd_files<'a>(
+    initrd: Option<&'a [u8]>,
+    mut each: impl FnMut(&newc::FileEntry<'a>),
+) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let (mut image, mut instance) = (None, None);
+    for f in initrd
+        .into_iter()
+        .flat_map(newc::files)
+        .filter(|f| f.name.starts_with(b"herd/"))
+    {
+        each(&f);
+        match f.name {
+            b"herd/image.json" => image = Some(f.data),
+            b"herd/instance.json" => instance = Some(f.data),
+            _ => {}
+        }
+    }
+    (image, instance)
 }
 
 /// Runs `memcheck` on the last 8 bytes of the highest RAM entry; returns (its end, ok).
@@ -196,6 +214,18 @@ mod tests {
             Default::default(),
             "read only for probe.end=serve"
         );
+    }
+
+    #[test]
+    fn report_off_prints_nothing_and_still_reads_the_serve_env() {
+        let instance = br#"{"instance_id":"i","hostname":"h","env":{"PROBE_HEALTH":"fail"}}"#;
+        let mut mem = machine(&newc(&[("herd/instance.json", instance)]));
+        mem.put(0x20000, b"probe.end=serve probe.report=off\0");
+        let mut out = Vec::new();
+        let memcheck = |_| panic!("no memcheck when quiet");
+        let opts = report(&mut out, &mem, Protocol::Linux64, 0x7000, memcheck).unwrap();
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(opts.serve.health, crate::serve::Health::Fail);
     }
 
     #[test]
