@@ -42,6 +42,7 @@ pub const NO_BRIDGE: &str = "none";
 /// Runs the agent until it is told to stop.
 pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
     init_logging();
+    raise_open_file_limit();
     let state_dir = args.state_dir(home);
     let instances_dir = state_dir.join("instances");
     std::fs::create_dir_all(&instances_dir)
@@ -70,6 +71,24 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(serve(settings, db, &args.socket_path()))
+}
+
+/// Each instance holds a pidfd and, while checked, a socket in the agent: hundreds of
+/// instances pass the usual soft limit of 1024 open files. Raise it to the hard limit.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(open_files = ?limit.maximum, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentError> {
