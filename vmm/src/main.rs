@@ -82,6 +82,10 @@ struct Cli {
     /// image store); a truncated file would fault the guest.
     #[arg(long)]
     map_boot_files: bool,
+    /// Keep KVM's supported CPUID in a file in DIR (named by kernel release and boot id), so
+    /// only the first VM of a host boot asks KVM for it; the agent passes its state directory.
+    #[arg(long, value_name = "DIR")]
+    cpuid_cache: Option<PathBuf>,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -120,12 +124,14 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
             drives,
             vsock: cli.vsock.as_deref().map(parse_vsock_flag).transpose()?,
             map_boot_files: false,
+            cpuid_cache: None,
         },
     };
     raw.console_log = cli.console_log;
     raw.console_log_max_bytes = cli.console_log_max_bytes;
     raw.stop_grace_ms = cli.stop_grace;
     raw.map_boot_files = cli.map_boot_files;
+    raw.cpuid_cache = cli.cpuid_cache;
     raw.validate(host::memory_mib())
 }
 

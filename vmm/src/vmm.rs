@@ -176,7 +176,7 @@ impl Vmm {
         phases.mark("vm");
         let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel_file, initrd_files)?;
         phases.mark("load");
-        let vcpus = create_vcpus(&vm, vcpu_count, entry)?;
+        let vcpus = create_vcpus(&vm, vcpu_count, entry, config.cpuid_cache.as_deref())?;
         phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
@@ -337,8 +337,13 @@ impl std::fmt::Display for Phases {
     }
 }
 
-fn create_vcpus(vm: &Vm, count: u8, entry: BootEntry) -> Result<Vec<Vcpu>, VmmError> {
-    let cpuid = supported_cpuid(&vm.kvm)?;
+fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    entry: BootEntry,
+    cpuid_cache: Option<&Path>,
+) -> Result<Vec<Vcpu>, VmmError> {
+    let cpuid = supported_cpuid(&vm.kvm, cpuid_cache)?;
     (0..count)
         .map(|id| {
             let vcpu = Vcpu::new(&vm.fd, id)?;

@@ -62,6 +62,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
             bridge,
             console_log_max_bytes: args.log_max_bytes,
             pvm: Path::new("/sys/module/kvm_pvm").exists(),
+            cpuid_cache: state_dir.clone(),
         },
         keep_ended_ms: args.log_keep_ms,
     };

@@ -122,6 +122,7 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
             uds_path: v.uds_path,
         }),
         map_boot_files: false,
+        cpuid_cache: None,
     })
 }
 

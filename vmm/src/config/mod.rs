@@ -211,6 +211,8 @@ pub struct VmConfig {
     /// copy-on-write) instead of copying them, so instances booting the same files share
     /// those pages. Only for files nobody rewrites while the VM runs.
     pub map_boot_files: bool,
+    /// Where the host's supported CPUID is cached between VMs (see `vstate::cpuid_cache`).
+    pub cpuid_cache: Option<PathBuf>,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -229,6 +231,7 @@ pub struct RawVmConfig {
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
     pub map_boot_files: bool,
+    pub cpuid_cache: Option<PathBuf>,
 }
 
 /// vCPUs when none are asked for.
@@ -253,6 +256,7 @@ impl RawVmConfig {
             drives: drive::validate(self.drives)?,
             vsock: self.vsock.map(VsockConfig::validate).transpose()?,
             map_boot_files: self.map_boot_files,
+            cpuid_cache: self.cpuid_cache,
         })
     }
 }

@@ -2,10 +2,11 @@
 //! explicit state machine on its own thread, and exit dispatch as a free function so it can be
 //! tested without KVM.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs};
+use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::x86_64::cpuid::patch_for_vcpu;
@@ -102,9 +103,10 @@ pub fn handle_exit(id: u8, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
     ExitAction::Continue
 }
 
-/// KVM's supported CPUID, read once and patched per vCPU.
-pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+/// KVM's supported CPUID (from the cache in `cache_dir` when there is one), read once per
+/// VM and patched per vCPU.
+pub fn supported_cpuid(kvm: &Kvm, cache_dir: Option<&Path>) -> Result<CpuId, VcpuError> {
+    super::cpuid_cache::supported_cpuid(kvm, cache_dir)
         .map_err(|e| VcpuError::Configure(0, "CPUID", e))
 }
 

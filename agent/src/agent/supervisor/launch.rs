@@ -38,6 +38,8 @@ pub struct LaunchSettings {
     pub console_log_max_bytes: u64,
     /// Add the kernel words a stock Linux guest needs on a PVM host.
     pub pvm: bool,
+    /// herd-vmm's `--cpuid-cache`: KVM's supported CPUID is asked once per host boot.
+    pub cpuid_cache: PathBuf,
 }
 
 /// Files of one instance.
@@ -139,6 +141,8 @@ pub fn prepare(
         files.console_log().into(),
         "--console-log-max-bytes".into(),
         settings.console_log_max_bytes.to_string().into(),
+        "--cpuid-cache".into(),
+        settings.cpuid_cache.clone().into(),
         // The boot-time line the agent reads is logged at info.
         "--log-level".into(),
         "info".into(),
