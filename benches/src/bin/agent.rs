@@ -6,16 +6,13 @@
 //! - API latency: `GET /v1/instances` from many concurrent clients;
 //! - a rolling update of N instances to a new image, to the last old instance gone.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
+use herd_benches::agent::{Agent, api, build_probe_image, instances, unix_ms, wait};
 use herd_benches::stats::summarize;
-use herd_tests::netns::NetNs;
 use serde_json::{Value, json};
 
 /// Measure the agent's replacement latency, API latency and rolling update time.
@@ -35,121 +32,10 @@ struct Args {
     rollout: u32,
 }
 
-struct Agent {
-    home: tempfile::TempDir,
-    child: Child,
-    _ns: NetNs,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let needle = format!("{}/agent/instances/", self.home.path().display());
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-f", &needle])
-            .status();
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn api(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-    let mut s = UnixStream::connect(socket)?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: herd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP answer")?;
-    if !head.starts_with("HTTP/1.1 2") {
-        bail!("{method} {path}: {head} {body}");
-    }
-    Ok(serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn start_agent(bin: &Path) -> anyhow::Result<Agent> {
-    let ns = NetNs::create().map_err(anyhow::Error::msg)?;
-    let home = tempfile::tempdir()?;
-    let log = std::fs::File::create(home.path().join("agent.log"))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(bin.join("herd"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["agent", "--socket"])
-        .arg(home.path().join("herd.sock"))
-        .arg("--vmm")
-        .arg(bin.join("herd-vmm"))
-        .env("HERD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let agent = Agent {
-        home,
-        child,
-        _ns: ns,
-    };
-    let socket = agent.home.path().join("herd.sock");
-    wait(Duration::from_secs(30), || {
-        Ok(api(&socket, "GET", "/v1/health", None).is_ok())
-    })?;
-    Ok(agent)
-}
-
-fn wait(limit: Duration, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !done()? {
-        if Instant::now() > deadline {
-            bail!("timed out");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
-fn build_image(bin: &Path, home: &Path, version: &str) -> anyhow::Result<String> {
-    let probe = herd_tests::probe::pvh_elf();
-    let app = home.join("app");
-    std::fs::copy(probe, &app)?;
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let out = Command::new(bin.join("herd"))
-        .arg("--home")
-        .arg(home)
-        .args(["build", "--binary"])
-        .arg(&app)
-        .args(["--name", "probe-app", "--version", version, "--kernel"])
-        .arg(probe)
-        .arg("--init")
-        .arg(probe)
-        .args([
-            "--cmdline",
-            &format!("console=ttyS0 probe.end=halt v={version}"),
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!("herd build: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(format!("probe-app:{version}"))
-}
-
 fn running(socket: &Path) -> anyhow::Result<Vec<Value>> {
-    let all = api(socket, "GET", "/v1/instances?service=web", None)?;
-    Ok(all
-        .as_array()
-        .context("not a list")?
-        .iter()
-        .filter(|i| i["status"] == "healthy")
-        .cloned()
-        .collect())
+    let mut all = instances(socket, "web")?;
+    all.retain(|i| i["status"] == "healthy");
+    Ok(all)
 }
 
 /// Kills one instance `kills` times; returns ms from kill to the replacement's boot signal,
@@ -225,10 +111,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("no directory")?
         .to_owned();
-    let agent = start_agent(&bin)?;
+    let agent = Agent::start(&bin, &bin.join("herd-vmm"), &[])?;
     let home = agent.home.path();
-    let socket = home.join("herd.sock");
-    let v1 = build_image(&bin, home, "1")?;
+    let socket = agent.socket();
+    let v1 = build_probe_image(&bin, home, "1", "probe.end=halt")?;
     // Back-off would (rightly) slow down 50 kills in a row: measure the replacement path itself.
     let spec = json!({"name": "web", "image": v1, "replicas": 3, "network": "none",
         "stop_timeout_ms": 200, "restart": {"initial_ms": 1, "max_ms": 1}});
@@ -262,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     wait(Duration::from_secs(60), || {
         Ok(running(&socket)?.len() == args.rollout as usize)
     })?;
-    let v2 = build_image(&bin, home, "2")?;
+    let v2 = build_probe_image(&bin, home, "2", "probe.end=halt")?;
     let rollout_ms = rolling_update(&socket, &v2, args.rollout)?;
     println!(
         "rolling update of {} instances (max surge 2): {:.0} ms",
