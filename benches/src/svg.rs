@@ -1,5 +1,6 @@
-//! A dependency-free SVG strip chart: one row per series, one tick per sample, with p50 and
-//! p90 marked. Enough to see a boot-time distribution and its tail at a glance.
+//! Dependency-free SVG charts: a strip chart (one row per series, one tick per sample, p50
+//! and p90 marked), enough to see a boot-time distribution and its tail at a glance; and a
+//! line chart of a few series against one x axis (memory per instance against their count).
 
 use std::fmt::Write;
 
@@ -78,6 +79,79 @@ pub fn strip_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     out
 }
 
+/// One named line of `(x, y)` points, in x order.
+#[derive(Debug)]
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+const PALETTE: [&str; 5] = ["#3465a4", "#cc0000", "#4e9a06", "#f57900", "#75507b"];
+const PLOT_LEFT: f64 = 70.0;
+const PLOT_TOP: f64 = 40.0;
+const PLOT_HEIGHT: f64 = 300.0;
+
+/// Renders `lines` on shared axes from 0 to their largest x and y.
+pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, lines: &[Line<'_>]) -> String {
+    let points = lines.iter().flat_map(|l| l.points.iter());
+    let (max_x, max_y) = points.fold((1e-9_f64, 1e-9_f64), |(mx, my), (x, y)| {
+        (mx.max(*x), my.max(*y))
+    });
+    let max_y = max_y * 1.1;
+    let plot_width = WIDTH - PLOT_LEFT - 170.0;
+    let px = |x: f64| PLOT_LEFT + x / max_x * plot_width;
+    let py = |y: f64| PLOT_TOP + PLOT_HEIGHT - y / max_y * PLOT_HEIGHT;
+    let height = PLOT_TOP + PLOT_HEIGHT + 45.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{title}</text>"#
+    );
+    for k in 0..=5 {
+        let (xv, yv) = (max_x * f64::from(k) / 5.0, max_y * f64::from(k) / 5.0);
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">{xv:.0}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{yv:.0}</text><line x1="{PLOT_LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#dddddd"/>"##,
+            px(xv),
+            PLOT_TOP + PLOT_HEIGHT + 18.0,
+            PLOT_LEFT - 6.0,
+            py(yv) + 4.0,
+            PLOT_LEFT + plot_width,
+            py(yv),
+            py(yv)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x_unit}</text><text x="10" y="{:.1}">{y_unit}</text>"#,
+        PLOT_LEFT + plot_width / 2.0,
+        height - 5.0,
+        PLOT_TOP - 8.0
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = line
+            .points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{color}">{}</text>"#,
+            path.join(" "),
+            PLOT_LEFT + plot_width + 10.0,
+            PLOT_TOP + 16.0 * i as f64 + 10.0,
+            line.name
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +169,29 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("stroke-opacity").count(), 3);
+    }
+
+    #[test]
+    fn line_chart_draws_one_polyline_per_series_within_the_plot() {
+        let (a, b) = ([(0.0, 1.0), (10.0, 3.0)], [(5.0, 2.0)]);
+        let svg = line_chart(
+            "t",
+            "instances",
+            "KiB",
+            &[
+                Line {
+                    name: "a",
+                    points: &a,
+                },
+                Line {
+                    name: "b",
+                    points: &b,
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        // The largest x lands on the plot's right edge.
+        assert!(svg.contains(&format!("{:.1},", PLOT_LEFT + WIDTH - PLOT_LEFT - 170.0)));
     }
 }
