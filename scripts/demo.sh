@@ -21,7 +21,9 @@ for target in x86_64-unknown-none x86_64-unknown-linux-musl; do
 done
 say "building herd, herd-vmm, herd-init, the probe guest and the example apps (release)"
 cargo build --release --workspace --bins --quiet
-export HERD_VMM=$PWD/target/release/herd-vmm
+# herd-vmm as hosts should run it: static (musl), half the resident memory per VM.
+cargo build --release --target x86_64-unknown-linux-musl -p herd-vmm --quiet
+export HERD_VMM=$PWD/target/x86_64-unknown-linux-musl/release/herd-vmm
 export HERD_HOME=${HERD_HOME:-$PWD/target/demo-home}
 herd=target/release/herd
 envs=$(mktemp -d)
