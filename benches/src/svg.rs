@@ -17,6 +17,20 @@ const WIDTH: f64 = 760.0;
 const LEFT: f64 = 170.0;
 const ROW: f64 = 46.0;
 
+/// The opening tag, a white background and the title.
+fn open_svg(height: f64, title: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{title}</text>"#
+    );
+    out
+}
+
 /// Renders `series` on a shared axis labelled `unit`.
 pub fn strip_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     let max = series
@@ -27,15 +41,7 @@ pub fn strip_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
         * 1.05;
     let x = |v: f64| LEFT + (v / max) * (WIDTH - LEFT - 20.0);
     let height = 70.0 + ROW * series.len() as f64;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        out,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{title}</text>"#
-    );
+    let mut out = open_svg(height, title);
     for (i, s) in series.iter().enumerate() {
         let y = 45.0 + ROW * i as f64;
         let _ = writeln!(out, r#"<text x="10" y="{:.1}">{}</text>"#, y + 14.0, s.name);
@@ -102,15 +108,7 @@ pub fn line_chart(title: &str, x_unit: &str, y_unit: &str, lines: &[Line<'_>]) -
     let px = |x: f64| PLOT_LEFT + x / max_x * plot_width;
     let py = |y: f64| PLOT_TOP + PLOT_HEIGHT - y / max_y * PLOT_HEIGHT;
     let height = PLOT_TOP + PLOT_HEIGHT + 45.0;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        out,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{title}</text>"#
-    );
+    let mut out = open_svg(height, title);
     for k in 0..=5 {
         let (xv, yv) = (max_x * f64::from(k) / 5.0, max_y * f64::from(k) / 5.0);
         let _ = writeln!(
