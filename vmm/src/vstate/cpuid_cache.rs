@@ -4,7 +4,8 @@
 //! 200-VM launch put about a tenth of all CPU time there.
 //!
 //! The answer only changes with the host kernel or its KVM module, so the file is named by the
-//! kernel release and the boot id: a reboot or a new kernel starts a new file. It is written
+//! kernel release, the boot id and when `/dev/kvm` appeared: a reboot, a new kernel or a
+//! reloaded KVM module starts a new file. It is written
 //! whole to a temporary name and renamed, so concurrent VMs never read half of it; a file that
 //! does not parse is ignored and replaced.
 
@@ -132,7 +133,10 @@ mod tests {
 
     #[test]
     fn the_file_is_named_by_kernel_and_boot() {
-        let f = cache_file(Path::new("/x")).unwrap();
+        let Some(f) = cache_file(Path::new("/x")) else {
+            eprintln!("no /dev/kvm: no cache file name here");
+            return;
+        };
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         assert!(
             f.to_string_lossy()
