@@ -153,6 +153,47 @@ fn initrd_parts_are_concatenated_4_byte_aligned_into_one_initrd() {
 }
 
 #[test]
+fn mapped_boot_files_give_the_guest_the_same_bytes_and_leave_the_files_untouched() {
+    require_kvm!("mapped_boot_files_give_the_guest_the_same_bytes_and_leave_the_files_untouched");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // `a` ends inside a page, so `b` is copied into a page that is mapped from `a`.
+    let da: Vec<u8> = (0..8193u32).map(|i| (i * 13 + 5) as u8).collect();
+    let db = vec![0x22; 10];
+    std::fs::write(&a, &da).unwrap();
+    std::fs::write(&b, &db).unwrap();
+    let vm = TestVm::probe_pvh()
+        .args([
+            "--map-boot-files".as_ref(),
+            "--log-level".as_ref(),
+            "debug".as_ref(),
+            "--initrd".as_ref(),
+            a.as_os_str(),
+            "--initrd".as_ref(),
+            b.as_os_str(),
+        ])
+        .run();
+    assert_eq!(vm.code(), 0, "{vm:#?}");
+    assert!(
+        vm.stderr
+            .contains("kernel pages mapped from the page cache"),
+        "{vm:#?}"
+    );
+    assert!(!vm.stderr.contains("stays copied"), "{vm:#?}");
+    let line = vm.probe_value("initrd addr").expect("initrd line");
+    let sum = byte_sum(&da).wrapping_add(byte_sum(&db));
+    assert!(
+        line.ends_with(&format!("size={:#x} sum={sum:#x}", 8196 + 10)),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        da,
+        "the mapped file is unchanged"
+    );
+}
+
+#[test]
 fn boot_timer_write_logs_firecracker_compatible_line() {
     require_kvm!("boot_timer_write_logs_firecracker_compatible_line");
     let vm = TestVm::probe_pvh().run();
