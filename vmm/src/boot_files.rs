@@ -106,6 +106,18 @@ pub fn map_range(
         .map_err(|source| BootFilesError::Map { guest, len, source })
 }
 
+/// Maps the initrd part `file` (`size` bytes) at its page-aligned guest address `guest`
+/// instead of copying it: the file's last page reads as zeroes past its end, and a later
+/// part copied into that page only changes this VM's copy.
+pub fn share_initrd_part(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    guest: u64,
+    size: u64,
+) -> Result<(), BootFilesError> {
+    map_range(mem, file, guest, 0, size.next_multiple_of(PAGE))
+}
+
 /// Remaps the whole pages of every loaded segment of the ELF kernel `file`; returns bytes mapped.
 pub fn share_elf_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<u64, BootFilesError> {
     let mut mapped = 0;

@@ -82,8 +82,9 @@ struct Cli {
     /// image store); a truncated file would fault the guest.
     #[arg(long)]
     map_boot_files: bool,
-    /// Keep KVM's supported CPUID in a file in DIR (named by kernel release and boot id), so
-    /// only the first VM of a host boot asks KVM for it; the agent passes its state directory.
+    /// Keep KVM's supported CPUID in a file in DIR (named by kernel release, boot id and when
+    /// /dev/kvm appeared), so only the first VM after a host boot or KVM module load asks KVM
+    /// for it; the agent passes its state directory.
     #[arg(long, value_name = "DIR")]
     cpuid_cache: Option<PathBuf>,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).

@@ -291,11 +291,9 @@ fn load_initrds(
     let plan = boot::plan_initrd(&sizes, kernel, config.memory.bytes())
         .map_err(|e| err(&config.initrds[config.initrds.len() - 1], e))?;
     for (i, file) in files.iter_mut().enumerate() {
-        // The first part starts page-aligned: with --map-boot-files it comes straight from
-        // the page cache (the file's last page reads as zeroes past its end).
+        // Only the first part starts page-aligned.
         if i == 0 && config.map_boot_files {
-            let len = sizes[0].next_multiple_of(4096);
-            match boot_files::map_range(&vm.memory, file, plan.parts[0], 0, len) {
+            match boot_files::share_initrd_part(&vm.memory, file, plan.parts[0], sizes[0]) {
                 Ok(()) => continue,
                 Err(e) => tracing::debug!(error = ?e, "initrd stays copied"),
             }
