@@ -69,12 +69,15 @@ pub fn run(socket: &Path, agent_pid: u32, image: &str, plan: &Plan) -> anyhow::R
         }
         count = (count + plan.step).min(plan.max);
         let scale_ms = scale_to(socket, count)?;
-        let mut step = measure(socket, agent_pid, count, start_used, plan, scale_ms)?;
-        let (before_count, before_kib) = steps.last().map_or((0.0, 0.0), |s: &Step| {
-            (s.instances as f64, s.host_kib * s.instances as f64)
-        });
-        step.host_marginal_kib =
-            (step.host_kib * count as f64 - before_kib) / (count as f64 - before_count);
+        let step = measure(
+            socket,
+            agent_pid,
+            count,
+            start_used,
+            plan,
+            scale_ms,
+            steps.last(),
+        )?;
         eprintln!(
             "density: {count:>4} instances  VMM PSS {:>6.0} KiB  guest PSS {:>6.0} KiB  host {:>6.0} KiB each ({:>6.0} for the last step's)  agent {:>6} KiB {:.1}% CPU  instances {:.1}% CPU",
             step.vmm_pss_kib,
@@ -127,6 +130,7 @@ fn measure(
     start_used: u64,
     plan: &Plan,
     scale_ms: f64,
+    previous: Option<&Step>,
 ) -> anyhow::Result<Step> {
     let pids = pids(socket)?;
     // Let the just-booted instances settle before their idle cost is counted.
@@ -157,15 +161,17 @@ fn measure(
     }
     let n = pids.len().max(1) as f64;
     let (agent_rss_kib, agent_pss_kib) = rss_pss_kib(agent_pid)?;
-    let spent = host_used_kib()?.saturating_sub(start_used);
+    let spent = host_used_kib()?.saturating_sub(start_used) as f64;
+    let (before_count, before_spent) =
+        previous.map_or((0, 0.0), |p| (p.instances, p.host_kib * p.instances as f64));
     Ok(Step {
         instances: count,
         vmm_rss_kib: sum[0] as f64 / n,
         vmm_pss_kib: sum[1] as f64 / n,
         guest_rss_kib: sum[2] as f64 / n,
         guest_pss_kib: sum[3] as f64 / n,
-        host_kib: spent as f64 / count as f64,
-        host_marginal_kib: 0.0,
+        host_kib: spent / count as f64,
+        host_marginal_kib: (spent - before_spent) / (count - before_count) as f64,
         agent_rss_kib,
         agent_pss_kib,
         agent_cpu_pct,

@@ -123,7 +123,7 @@ fn report_launch(l: &Launch) -> anyhow::Result<serde_json::Value> {
 /// A launch's name and every guest's boot time in it, ms.
 type BootTimes = (String, Vec<f64>);
 
-/// Runs every launch; returns their JSON and, per way in, the boot times of 50-at-once.
+/// Runs every launch; returns their JSON and, per way in and count, every guest's boot time.
 fn launches(
     args: &Args,
     bin: &Path,
