@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
@@ -204,10 +205,25 @@ pub fn gc_lock(dir: &Path) -> Result<File, StoreError> {
     Ok(gc)
 }
 
-/// Takes the gc lock exclusively if no writer holds it, without waiting.
-pub fn try_gc_lock(dir: &Path) -> Result<Option<File>, StoreError> {
+/// How long [`try_gc_lock`] keeps asking before it concludes a writer holds the lock.
+pub const GC_LOCK_PATIENCE: Duration = Duration::from_millis(200);
+
+/// Takes the gc lock exclusively if no writer holds it, asking again for up to `patience`.
+/// The retries matter even with a single writer: a child another thread is spawning holds a
+/// copy of every descriptor (cloexec or not) until it execs, so a lock just released here can
+/// look held for a moment. A real writer holds it far longer than `patience`.
+pub fn try_gc_lock(dir: &Path, patience: Duration) -> Result<Option<File>, StoreError> {
     let gc = lock_file(dir, GC_LOCK)?;
-    Ok(gc.try_lock().is_ok().then_some(gc))
+    let deadline = Instant::now() + patience;
+    loop {
+        if gc.try_lock().is_ok() {
+            return Ok(Some(gc));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Takes the index lock exclusively.
@@ -277,8 +293,8 @@ mod tests {
         // A second writer runs concurrently: it must not remove the first one's temp files.
         let second = writer_lock(dir.path(), &[dir.path().to_owned()]).unwrap();
         assert!(stale.exists());
-        assert!(try_gc_lock(dir.path()).unwrap().is_none());
+        assert!(try_gc_lock(dir.path(), Duration::ZERO).unwrap().is_none());
         drop((writer, second));
-        assert!(try_gc_lock(dir.path()).unwrap().is_some());
+        assert!(try_gc_lock(dir.path(), GC_LOCK_PATIENCE).unwrap().is_some());
     }
 }

@@ -340,7 +340,7 @@ impl Store {
     /// After a ref moved to another digest, the old one's blobs may be unused: collect them
     /// now if no other writer is busy (else the next `image rm` will).
     fn collect_if_idle(&self) -> Result<(), StoreError> {
-        if let Some(_gc) = files::try_gc_lock(&self.dir)? {
+        if let Some(_gc) = files::try_gc_lock(&self.dir, files::GC_LOCK_PATIENCE)? {
             let _index = files::index_lock(&self.dir)?;
             self.collect_garbage(&Index::read(&self.dir)?)?;
         }
