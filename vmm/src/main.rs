@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_vmm::config::{
-    ConfigError, DriveConfig, RawVmConfig, VmConfig, parse_net_flag, parse_vsock_flag,
-    read_config_file,
+    ConfigError, DriveConfig, RawJailConfig, RawVmConfig, VmConfig, parse_net_flag,
+    parse_vsock_flag, read_config_file,
 };
 use herd_vmm::devices::legacy::BootClock;
+use herd_vmm::jail::{self, JailError, Side};
+use herd_vmm::seccomp::SeccompMode;
 use herd_vmm::stop::StopReason;
-use herd_vmm::vmm::{Vmm, exit_code};
+use herd_vmm::vmm::{HostInputs, Vmm, exit_code};
 use herd_vmm::{host, logging, vstate};
 use vmm_sys_util::terminal::Terminal;
 
@@ -87,6 +89,35 @@ struct Cli {
     /// for it; the agent passes its state directory.
     #[arg(long, value_name = "DIR")]
     cpuid_cache: Option<PathBuf>,
+    /// Confine herd-vmm before it builds the VM: everything it needs from the host is opened
+    /// first, then it joins the --jail-cgroup groups, enters new mount, PID, IPC, UTS and
+    /// network namespaces, makes DIR its root (pivot_root), limits open files and drops to
+    /// --jail-uid/--jail-gid with no_new_privs. The console log and vsock socket must lie
+    /// inside DIR. A parent process stays outside, relays SIGTERM/SIGINT and exits with the
+    /// jailed process's status. Needs root.
+    #[arg(long, value_name = "DIR", requires_all = ["jail_uid", "jail_gid"])]
+    jail: Option<PathBuf>,
+    /// The unprivileged user id the jailed herd-vmm runs as.
+    #[arg(long, value_name = "UID", requires = "jail")]
+    jail_uid: Option<u32>,
+    /// The unprivileged group id the jailed herd-vmm runs as.
+    #[arg(long, value_name = "GID", requires = "jail")]
+    jail_gid: Option<u32>,
+    /// A cgroup directory (v2, or one per controller for v1) to join before anything is
+    /// allocated, so its memory, CPU and pids limits bind the VM; repeat for more.
+    #[arg(long, value_name = "DIR", requires = "jail")]
+    jail_cgroup: Vec<PathBuf>,
+    /// The jailed herd-vmm's limit on open files [default: 4096].
+    #[arg(long, value_name = "N", requires = "jail")]
+    jail_max_open_files: Option<u64>,
+    /// Run without seccomp filters (debugging only): by default each thread may make only
+    /// the system calls it needs, and any other call kills the process.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Let calls outside the seccomp allow-lists through and have the kernel log them
+    /// (audit type 1326), to find what a new code path needs.
+    #[arg(long, conflicts_with = "no_seccomp")]
+    seccomp_audit: bool,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -124,8 +155,7 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
                 .collect::<Result<_, _>>()?,
             drives,
             vsock: cli.vsock.as_deref().map(parse_vsock_flag).transpose()?,
-            map_boot_files: false,
-            cpuid_cache: None,
+            ..RawVmConfig::default()
         },
     };
     raw.console_log = cli.console_log;
@@ -133,6 +163,18 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
     raw.stop_grace_ms = cli.stop_grace;
     raw.map_boot_files = cli.map_boot_files;
     raw.cpuid_cache = cli.cpuid_cache;
+    raw.jail = cli.jail.map(|root| RawJailConfig {
+        root,
+        uid: cli.jail_uid.unwrap_or_default(),
+        gid: cli.jail_gid.unwrap_or_default(),
+        cgroups: cli.jail_cgroup,
+        max_open_files: cli.jail_max_open_files,
+    });
+    raw.seccomp = match (cli.no_seccomp, cli.seccomp_audit) {
+        (true, _) => SeccompMode::Off,
+        (_, true) => SeccompMode::Audit,
+        _ => SeccompMode::Kill,
+    };
     raw.validate(host::memory_mib())
 }
 
@@ -170,9 +212,40 @@ fn status_for(reason: &StopReason) -> i32 {
     }
 }
 
+/// Opens the host inputs and, with `--jail`, confines the process; `Err` is the status to
+/// exit with (the jail's parent side ends here too, with its child's status).
+fn prepare(config: &VmConfig) -> Result<HostInputs, i32> {
+    let inputs = HostInputs::open(config).map_err(|e| {
+        report(&e);
+        e.exit_code()
+    })?;
+    let Some(jail) = &config.jail else {
+        return Ok(inputs);
+    };
+    let failed = |e: JailError| {
+        report(&e);
+        if e.is_permission() {
+            exit_code::NO_PERM
+        } else {
+            exit_code::SOFTWARE
+        }
+    };
+    match jail::enter(jail).map_err(failed)? {
+        Side::Jailed => Ok(inputs),
+        Side::Parent(child) => {
+            drop(inputs);
+            Err(jail::wait_for_child(child).unwrap_or_else(failed))
+        }
+    }
+}
+
 fn run(config: &VmConfig) -> i32 {
     let clock = BootClock::now();
-    let vmm = match Vmm::build(config, clock) {
+    let inputs = match prepare(config) {
+        Ok(inputs) => inputs,
+        Err(status) => return status,
+    };
+    let vmm = match Vmm::build(config, clock, inputs) {
         Ok(vmm) => vmm,
         Err(e) => {
             report(&e);

@@ -33,12 +33,14 @@ use crate::devices::virtio::net::{Net, NetSettings};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{MuxerError, Vsock};
 use crate::event_loop::{ConsoleInput, StopWatcher};
+pub use crate::inputs::HostInputs;
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
-use crate::sys::signal::forward_stop_signals;
 use crate::sys::tap::{Tap, TapError};
-use crate::vstate::vcpu::{Vcpu, VcpuError, supported_cpuid};
-use crate::vstate::vm::{Vm, VmError, open_kvm};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+use kvm_bindings::CpuId;
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ pub enum VmmError {
     EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     ConsoleLog(#[from] ConsoleLogError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A built VM, ready to run.
@@ -120,6 +124,8 @@ pub struct Vmm {
     /// Listening sockets to remove when the VMM ends (the devices that own them may outlive
     /// `run` on a vCPU thread that is never joined).
     socket_files: Vec<PathBuf>,
+    /// The threads' seccomp filters, installed by `run` once the VM is built.
+    seccomp: Option<Filters>,
 }
 
 impl Drop for Vmm {
@@ -139,50 +145,42 @@ impl std::fmt::Debug for Vmm {
     }
 }
 
-fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
-    let file = File::open(path).map_err(|source| VmmError::OpenFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
-    let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-    if !is_file {
-        return Err(VmmError::NotAFile {
-            what,
-            path: path.to_owned(),
-        });
-    }
-    Ok(file)
-}
-
-fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
+pub(crate) fn eventfd(what: &'static str) -> Result<EventFd, VmmError> {
     EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::EventFd(what, e))
 }
 
 impl Vmm {
-    /// Builds the VM described by `config`; the boot timer counts from `clock`.
-    pub fn build(config: &VmConfig, clock: BootClock) -> Result<Self, VmmError> {
+    /// Builds the VM described by `config` from what [`HostInputs::open`] opened for it; the
+    /// boot timer counts from `clock`.
+    pub fn build(
+        config: &VmConfig,
+        clock: BootClock,
+        inputs: HostInputs,
+    ) -> Result<Self, VmmError> {
         let mut phases = Phases::new(clock.wall);
-        let mut kernel_file = open_input("kernel", &config.kernel)?;
-        let initrd_files = config
-            .initrds
-            .iter()
-            .map(|p| open_input("initrd", p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
-        let virtio = plan_virtio(config)?;
         phases.mark("open");
-        let vm = Vm::new(open_kvm()?, mem_bytes, vcpu_count)?;
+        let HostInputs {
+            kvm,
+            cpuid,
+            mut kernel,
+            initrds,
+            disks,
+            taps,
+            stop_signals,
+        } = inputs;
+        let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
+        let virtio = plan_virtio(config, disks, taps)?;
+        let vm = Vm::new(kvm, mem_bytes, vcpu_count)?;
         phases.mark("vm");
-        let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel_file, initrd_files)?;
+        let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel, initrds)?;
         phases.mark("load");
-        let vcpus = create_vcpus(&vm, vcpu_count, entry, config.cpuid_cache.as_deref())?;
+        let vcpus = create_vcpus(&vm, vcpu_count, entry, &cpuid)?;
         phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
         let (mut io, ports) = wire_devices(&vm, &stop, clock, console)?;
         let notifiers = wire_virtio(&vm, &mut io, virtio)?;
-        let events = event_loop(&ports, &stop, config.stop_grace, notifiers)?;
+        let events = event_loop(&ports, &stop, config.stop_grace, notifiers, stop_signals)?;
         let serial = ports.console;
         phases.mark("devices");
         tracing::debug!(%phases, "VM built");
@@ -194,6 +192,7 @@ impl Vmm {
             stop,
             events,
             socket_files: config.vsock.iter().map(|v| v.uds_path.clone()).collect(),
+            seccomp: Filters::build(config.seccomp)?,
         })
     }
 
@@ -201,7 +200,10 @@ impl Vmm {
     pub fn run(mut self) -> Result<StopReason, VmmError> {
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
-            threads.push(vcpu.start(self.io.clone(), self.stop.clone())?);
+            threads.push(vcpu.start(self.io.clone(), self.stop.clone(), self.seccomp.clone())?);
+        }
+        if let Some(filters) = &self.seccomp {
+            filters.install(ThreadKind::EventLoop)?;
         }
         let reason = loop {
             if let Some(reason) = self.stop.reason() {
@@ -339,13 +341,12 @@ fn create_vcpus(
     vm: &Vm,
     count: u8,
     entry: BootEntry,
-    cpuid_cache: Option<&Path>,
+    cpuid: &CpuId,
 ) -> Result<Vec<Vcpu>, VmmError> {
-    let cpuid = supported_cpuid(&vm.kvm, cpuid_cache)?;
     (0..count)
         .map(|id| {
             let vcpu = Vcpu::new(&vm.fd, id)?;
-            vcpu.configure(&cpuid, count, (id == 0).then_some(entry))?;
+            vcpu.configure(cpuid, count, (id == 0).then_some(entry))?;
             Ok(vcpu)
         })
         .collect()
@@ -416,25 +417,19 @@ struct VirtioPlan {
     cmdline: KernelCmdline,
 }
 
-fn plan_virtio(config: &VmConfig) -> Result<VirtioPlan, VmmError> {
+fn plan_virtio(
+    config: &VmConfig,
+    disks: Vec<Disk>,
+    taps: Vec<Tap>,
+) -> Result<VirtioPlan, VmmError> {
     let mut wanted: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
-    for d in &config.drives {
-        let disk =
-            Disk::open(&d.path, d.read_only, d.cache, &d.id).map_err(|source| VmmError::Drive {
-                id: d.id.clone(),
-                source,
-            })?;
+    for disk in disks {
         wanted.push(("virtio-blk", Box::new(Block::new(disk))));
     }
     if config.entropy {
         wanted.push(("virtio-rng", Box::new(Rng::new())));
     }
-    for net in &config.net {
-        let tap = Tap::open(&net.host_dev_name).map_err(|source| VmmError::Tap {
-            iface: net.iface_id.clone(),
-            tap: net.host_dev_name.clone(),
-            source,
-        })?;
+    for (net, tap) in config.net.iter().zip(taps) {
         let settings = NetSettings {
             mac: net.guest_mac.map(|m| m.0),
             mtu: net.mtu,
@@ -482,10 +477,9 @@ fn event_loop(
     stop: &Arc<VmStop>,
     grace: Option<Duration>,
     notifiers: Vec<QueueNotifier>,
+    signal_evt: EventFd,
 ) -> Result<Events, VmmError> {
     let mut events = Events::new().map_err(VmmError::EventLoop)?;
-    let signal_evt = eventfd("signal")?;
-    forward_stop_signals(&signal_evt).map_err(VmmError::Signals)?;
     let watcher = StopWatcher::new(stop.clone(), signal_evt, ports.control.clone(), grace)
         .map_err(|e| VmmError::EventFd("grace timer", e))?;
     events.add_subscriber(Box::new(watcher));

@@ -121,8 +121,7 @@ pub fn parse_firecracker_config(text: &str, file: &Path) -> Result<RawVmConfig, 
             guest_cid: v.guest_cid,
             uds_path: v.uds_path,
         }),
-        map_boot_files: false,
-        cpuid_cache: None,
+        ..RawVmConfig::default()
     })
 }
 

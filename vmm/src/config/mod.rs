@@ -7,6 +7,7 @@
 
 pub mod drive;
 mod firecracker;
+pub mod jail;
 mod net;
 mod vsock;
 
@@ -15,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::console_log::MIN_MAX_BYTES;
+use crate::seccomp::SeccompMode;
 
 pub use drive::{DriveConfig, DriveError};
 pub use firecracker::parse_firecracker_config;
+pub use jail::{JailConfig, JailConfigError, RawJailConfig};
 pub use net::{MacAddr, NetConfig, NetConfigError, RawNetConfig, parse_net_flag, validate_net};
 pub use vsock::{VsockConfig, VsockConfigError, parse_vsock_flag};
 
@@ -61,6 +64,8 @@ pub enum ConfigError {
     Drive(#[from] DriveError),
     #[error(transparent)]
     Vsock(#[from] VsockConfigError),
+    #[error(transparent)]
+    Jail(#[from] JailConfigError),
     #[error("--console-log-max-bytes {0} is below the minimum of {MIN_MAX_BYTES} bytes")]
     ConsoleLogMaxBytes(u64),
     #[error("--console-log-max-bytes needs --console-log")]
@@ -213,6 +218,11 @@ pub struct VmConfig {
     pub map_boot_files: bool,
     /// Where the host's supported CPUID is cached between VMs (see `vstate::cpuid_cache`).
     pub cpuid_cache: Option<PathBuf>,
+    /// Confine herd-vmm before it builds the VM. The console log and vsock paths above are
+    /// then the names they have inside the jail.
+    pub jail: Option<JailConfig>,
+    /// What a thread's seccomp filter does to a call outside its list.
+    pub seccomp: SeccompMode,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -232,6 +242,8 @@ pub struct RawVmConfig {
     pub vsock: Option<VsockConfig>,
     pub map_boot_files: bool,
     pub cpuid_cache: Option<PathBuf>,
+    pub jail: Option<RawJailConfig>,
+    pub seccomp: SeccompMode,
 }
 
 /// vCPUs when none are asked for.
@@ -243,20 +255,33 @@ impl RawVmConfig {
     /// Validates every field; `host_mib` is the host's physical memory.
     pub fn validate(self, host_mib: u64) -> Result<VmConfig, ConfigError> {
         let cmdline = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let jail = self.jail.map(RawJailConfig::validate).transpose()?;
+        let mut console = ConsoleOutput::new(self.console_log, self.console_log_max_bytes)?;
+        let mut vsock = self.vsock.map(VsockConfig::validate).transpose()?;
+        if let Some(jail) = &jail {
+            if let ConsoleOutput::File { path, .. } = &mut console {
+                *path = jail.inside("console log", path)?;
+            }
+            if let Some(v) = &mut vsock {
+                v.uds_path = jail.inside("vsock socket", &v.uds_path)?;
+            }
+        }
         Ok(VmConfig {
             kernel: self.kernel,
             initrds: self.initrds,
             cmdline: KernelCmdline::new(cmdline)?,
             vcpus: VcpuCount::new(self.vcpus.unwrap_or(DEFAULT_VCPUS))?,
             memory: MemorySize::new(self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB), host_mib)?,
-            console: ConsoleOutput::new(self.console_log, self.console_log_max_bytes)?,
+            console,
             stop_grace: self.stop_grace_ms.map(Duration::from_millis),
             entropy: self.entropy,
             net: validate_net(self.net)?,
             drives: drive::validate(self.drives)?,
-            vsock: self.vsock.map(VsockConfig::validate).transpose()?,
+            vsock,
             map_boot_files: self.map_boot_files,
             cpuid_cache: self.cpuid_cache,
+            jail,
+            seccomp: self.seccomp,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! event loop, KVM memory-slot registration, the host's entropy (`getrandom`) and TAP devices.
 //! Everything above uses these safe wrappers.
 
+pub mod jail;
 pub mod kvm;
 pub mod memory;
 pub mod random;

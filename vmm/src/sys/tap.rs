@@ -19,9 +19,9 @@ use std::path::Path;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 /// `_IOW('T', 216, int)`.
-const TUNSETVNETHDRSZ: libc::Ioctl = 0x4004_54d8;
+pub const TUNSETVNETHDRSZ: libc::Ioctl = 0x4004_54d8;
 /// `_IOW('T', 208, unsigned int)`.
-const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+pub const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
 /// Offload flag: frames may carry a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
 pub const TUN_F_CSUM: u32 = 0x01;
 /// Offload flag: frames may be TCP/IPv4 segmentation jobs (needs `TUN_F_CSUM`).

@@ -13,6 +13,7 @@ use crate::arch::x86_64::cpuid::patch_for_vcpu;
 use crate::arch::x86_64::regs::{self, BootEntry};
 use crate::bus::IoBuses;
 use crate::logging::RateLimit;
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::stop::{GuestFault, StopReason, StopRequester, VmStop};
 use crate::sys::time::monotonic_ns;
 
@@ -25,6 +26,8 @@ pub enum VcpuError {
     Configure(u8, &'static str, #[source] kvm_ioctls::Error),
     #[error("vCPU {0}: cannot start its thread")]
     Spawn(u8, #[source] std::io::Error),
+    #[error("vCPU {0}")]
+    Seccomp(u8, #[source] SeccompError),
 }
 
 /// What the run loop does after an exit.
@@ -165,12 +168,32 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the VM stops.
-    pub fn start(self, io: Arc<IoBuses>, stop: Arc<VmStop>) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the vCPU on its own thread, which installs `seccomp`'s vCPU filter before it
+    /// first enters the guest; returns once the filter is in place.
+    pub fn start(
+        self,
+        io: Arc<IoBuses>,
+        stop: Arc<VmStop>,
+        seccomp: Option<Filters>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
+        let (installed_tx, installed) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run_loop(&io, &stop))
-            .map_err(|e| VcpuError::Spawn(id, e))
+            .spawn(move || {
+                let filtered = seccomp.map_or(Ok(()), |f| f.install(ThreadKind::Vcpu));
+                let ok = filtered.is_ok();
+                let _ = installed_tx.send(filtered);
+                if ok {
+                    self.run_loop(&io, &stop);
+                }
+            })
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        match installed.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(e)) => Err(VcpuError::Seccomp(id, e)),
+            Err(_) => Err(VcpuError::Spawn(id, std::io::ErrorKind::BrokenPipe.into())),
+        }
     }
 
     fn run_loop(mut self, io: &IoBuses, stop: &VmStop) {
