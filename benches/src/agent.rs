@@ -37,9 +37,8 @@ impl Agent {
         let ns = NetNs::create().map_err(anyhow::Error::msg)?;
         let home = tempfile::tempdir()?;
         let log = std::fs::File::create(home.path().join("agent.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(bin.join("herd"))
+        let child = ns
+            .command_with_cgroups(bin.join("herd").as_os_str())
             .arg("--home")
             .arg(home.path())
             .args(["agent", "--socket"])

@@ -64,6 +64,19 @@ impl NetNs {
             .collect()
     }
 
+    /// A command running `program` inside the namespace with the host's cgroup hierarchies
+    /// mounted again: `ip netns exec` gives its command a fresh /sys, which has no
+    /// /sys/fs/cgroup mounts, and the agent needs them to jail instances. The mounts are made
+    /// in the mount namespace `ip netns exec` creates, so the host never sees them. The
+    /// shell replaces itself with `program`, whose pid is the command's.
+    pub fn command_with_cgroups(&self, program: &std::ffi::OsStr) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "sh", "-ec"]);
+        cmd.arg(format!("{}exec \"$0\" \"$@\"", cgroup_mount_script()));
+        cmd.arg(program);
+        cmd
+    }
+
     /// Runs `cmd` inside the namespace and returns its output.
     pub fn run(&self, cmd: &[&str]) -> Output {
         let mut args = vec!["netns", "exec", &self.name];
@@ -121,6 +134,39 @@ impl NetNs {
             assert!(out.status.success(), "{cmd:?}: {out:?}");
         }
     }
+}
+
+/// Shell commands that mount, under a fresh /sys, the cgroup hierarchies this process sees.
+fn cgroup_mount_script() -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut script = String::new();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, target, fstype, options, ..] = fields[..] else {
+            continue;
+        };
+        let options: Vec<&str> = (options.split(','))
+            .filter(|o| !["rw", "relatime", "nosuid", "nodev", "noexec"].contains(o))
+            .collect();
+        let options = options.join(",");
+        match fstype {
+            "tmpfs" if target == "/sys/fs/cgroup" => {
+                script.push_str("mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup; ");
+            }
+            "cgroup" | "cgroup2" if target.starts_with("/sys/fs/cgroup") => {
+                let opts = if options.is_empty() {
+                    String::new()
+                } else {
+                    format!("-o {options} ")
+                };
+                script.push_str(&format!(
+                    "mkdir -p {target}; mount -t {fstype} {opts}{fstype} {target}; "
+                ));
+            }
+            _ => {}
+        }
+    }
+    script
 }
 
 impl Drop for NetNs {

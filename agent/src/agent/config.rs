@@ -41,6 +41,23 @@ pub struct AgentArgs {
     /// executable, else on PATH].
     #[arg(long, value_name = "PATH")]
     pub vmm: Option<PathBuf>,
+    /// Run the instances' herd-vmm unjailed (debugging only). By default each runs as its own
+    /// unprivileged uid, in new mount, PID, IPC, UTS and network namespaces with its instance
+    /// directory as `/`, under seccomp, in a cgroup that limits its memory (guest memory plus
+    /// --jail-memory-overhead-mib), CPU (one core per vCPU) and processes.
+    #[arg(long)]
+    pub no_jail: bool,
+    /// First uid (and gid) of the range jailed instances get, one each; chosen above the
+    /// usual user and subordinate-id ranges.
+    #[arg(long, value_name = "UID", default_value_t = 3_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_uid_base: u32,
+    /// How many uids the range has: the most jailed instances that can run at once.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_uid_count: u32,
+    /// Memory a jailed instance's cgroup allows beyond its guest memory, in MiB, for herd-vmm
+    /// and the kernel's memory for the VM.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub jail_memory_overhead_mib: u32,
     /// Size cap of each instance's console log in bytes; older output is rotated away.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     pub log_max_bytes: u64,

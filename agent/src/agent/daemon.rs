@@ -6,11 +6,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::api::{self, ApiError, Backend};
+use super::cgroup::{CgroupError, Cgroups};
 use super::config::AgentArgs;
 use super::db::{Db, DbError};
 use super::dispatch::Dispatcher;
 use super::network::{Bridge, NetworkError};
-use super::supervisor::{LaunchSettings, Settings, Supervisor, SupervisorError};
+use super::supervisor::{JailSettings, LaunchSettings, Settings, Supervisor, SupervisorError};
 use crate::run::RunError;
 
 /// Why the agent could not start or stopped with an error.
@@ -34,6 +35,10 @@ pub enum AgentError {
     Supervisor(#[from] SupervisorError),
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("cannot jail instances (--no-jail runs them unjailed)")]
+    Jail(#[source] CgroupError),
+    #[error("jailing instances needs root (--no-jail runs them unjailed)")]
+    JailNeedsRoot,
 }
 
 /// `--bridge none`: instances get no network.
@@ -63,6 +68,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
             console_log_max_bytes: args.log_max_bytes,
             pvm: Path::new("/sys/module/kvm_pvm").exists(),
             cpuid_cache: state_dir.clone(),
+            jail: jail_settings(&args)?,
         },
         keep_ended_ms: args.log_keep_ms,
     };
@@ -72,6 +78,26 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     runtime.block_on(serve(settings, db, &args.socket_path()))
+}
+
+/// How instances are jailed, unless `--no-jail`: the cgroup hierarchy is found and prepared.
+fn jail_settings(args: &AgentArgs) -> Result<Option<JailSettings>, AgentError> {
+    if args.no_jail {
+        return Ok(None);
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(AgentError::JailNeedsRoot);
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| AgentError::Jail(CgroupError::Read("/proc/self/cgroup".into(), e)))?;
+    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"), &own).map_err(AgentError::Jail)?;
+    tracing::info!(?cgroups, "instances are jailed");
+    Ok(Some(JailSettings {
+        uid_base: args.jail_uid_base,
+        uid_count: args.jail_uid_count,
+        cgroups,
+        memory_overhead_mib: args.jail_memory_overhead_mib,
+    }))
 }
 
 /// Each instance holds a pidfd and, while checked, a socket in the agent: hundreds of

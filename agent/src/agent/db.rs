@@ -38,6 +38,9 @@ pub struct InstanceRecord {
     pub started_at_ms: u64,
     pub address: Option<String>,
     pub tap: Option<String>,
+    /// The uid its herd-vmm is jailed as (absent in records of agents before jailing).
+    #[serde(default)]
+    pub jail_uid: Option<u32>,
     /// Why the agent asked it to stop, while it is stopping.
     pub stop_reason: Option<EndReason>,
     pub end: Option<InstanceEnd>,
@@ -184,6 +187,7 @@ mod tests {
             started_at_ms: 1000,
             address: Some("172.31.0.2/24".into()),
             tap: Some("hd01".into()),
+            jail_uid: Some(3_000_000),
             stop_reason: None,
             end: None,
         }

@@ -6,6 +6,7 @@
 //! instances' console `logs`.
 
 pub mod api;
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -81,8 +81,9 @@ impl Agent {
             .append(true)
             .open(self.home.path().join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.ns.name(), env!("CARGO_BIN_EXE_herd")]);
+        let mut cmd = self
+            .ns
+            .command_with_cgroups(env!("CARGO_BIN_EXE_herd").as_ref());
         cmd.arg("--home").arg(self.home.path());
         cmd.args(["agent", "--socket"]).arg(self.socket());
         cmd.arg("--vmm").arg(herd_vmm_bin());

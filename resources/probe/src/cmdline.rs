@@ -9,7 +9,8 @@
 //! see `virtio::blk`);
 //! `probe.vsock.listen=`, `probe.vsock.connect=`, `probe.vsock.sink=` and
 //! `probe.vsock.source=` (see `virtio::vsock`);
-//! `probe.end=serve` with `probe.serve.port=P` (see `serve`); `probe.report=off` (no report).
+//! `probe.end=serve` with `probe.serve.port=P` (see `serve`); `probe.report=off` (no report);
+//! `probe.mem.touch=all` (write every page of RAM).
 //!
 //! Words are separated by ASCII whitespace; the last occurrence of a word wins; words we do not
 //! understand (and values we cannot parse) are ignored.
@@ -85,6 +86,9 @@ pub struct Options {
     /// initrd costs milliseconds of emulated CPU on PVM), so a launch-rate benchmark times
     /// herd, not the probe's report.
     pub quiet: bool,
+    /// `probe.mem.touch=all`: write every page of RAM below 3 GiB after the report, so the
+    /// host backs all of guest memory (the memory-limit tests).
+    pub touch_all: bool,
 }
 
 impl Default for Options {
@@ -102,6 +106,7 @@ impl Default for Options {
             vsock: VsockOptions::default(),
             serve: ServeOptions::default(),
             quiet: false,
+            touch_all: false,
         }
     }
 }
@@ -139,6 +144,7 @@ pub fn parse(cmdline: &[u8]) -> Options {
             b"probe.rng.hostile" => opts.rng_hostile = parse_hostile(value),
             b"virtio_mmio.device" => add_device(&mut opts, value),
             b"probe.report" => opts.quiet = value == b"off",
+            b"probe.mem.touch" => opts.touch_all = value == b"all",
             _ => {}
         }
     }
@@ -271,6 +277,8 @@ mod tests {
         assert_eq!(parse(b"probe.end=halt probe.end=exit").end, End::Exit);
         assert!(parse(b"probe.end=halt probe.report=off").quiet);
         assert!(!parse(b"probe.end=halt probe.report=on").quiet);
+        assert!(parse(b"probe.mem.touch=all").touch_all);
+        assert!(!parse(b"probe.mem.touch=none").touch_all);
     }
 
     #[test]

@@ -72,6 +72,24 @@ pub unsafe fn memcheck(addr: u64) -> bool {
     a == PATTERN && b == !PATTERN
 }
 
+/// Writes every 4 KiB page in `start..end` (each page's first byte, rewritten with its own
+/// value), so the host must back all of it: `probe.mem.touch=all`.
+///
+/// # Safety
+/// The range must be mapped RAM. Bytes keep their values, but no Rust reference may cover
+/// them while this runs (a reference's target could be read in between by the compiler's
+/// assumptions).
+pub unsafe fn touch_pages(start: u64, end: u64) {
+    let mut addr = start & !0xfff;
+    while addr < end {
+        let p = addr as *mut u8;
+        // SAFETY: the caller guarantees the page is mapped RAM; the byte is written back
+        // with the value just read.
+        unsafe { p.write_volatile(p.read_volatile()) };
+        addr += 0x1000;
+    }
+}
+
 /// Writes `v` to `p` and reads it back.
 ///
 /// # Safety

@@ -1,7 +1,6 @@
 //! Instances as the supervisor holds them (`Live`: the record plus the process handles), and
 //! what happens to them: launch, stop, exit, health results.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use rustix::process::Signal;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::launch::{InstanceFiles, prepare};
+use super::launch::{InUse, InstanceFiles, prepare};
 use super::{Event, Supervisor, chain, unix_ms};
 use crate::agent::db::InstanceRecord;
 use crate::agent::health::{Target, probe};
@@ -79,13 +78,17 @@ impl Live {
 }
 
 impl Supervisor {
-    /// Addresses held by instances that may still run.
-    fn used_addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.instances
-            .values()
-            .filter(|i| i.record.status.is_live())
-            .filter_map(Live::address)
-            .collect()
+    /// Addresses and jail uids held by instances that may still run.
+    fn in_use(&self) -> InUse {
+        let live = || {
+            self.instances
+                .values()
+                .filter(|i| i.record.status.is_live())
+        };
+        InUse {
+            addresses: live().filter_map(Live::address).collect(),
+            uids: live().filter_map(|i| i.record.jail_uid).collect(),
+        }
     }
 
     /// Starts one instance of `service`'s current generation. A failure to start counts as
@@ -106,6 +109,7 @@ impl Supervisor {
             started_at_ms: unix_ms(),
             address: None,
             tap: None,
+            jail_uid: None,
             stop_reason: None,
             end: None,
         };
@@ -146,11 +150,12 @@ impl Supervisor {
         record: &mut InstanceRecord,
     ) -> Result<Vmm, String> {
         let image = self.image(&state.digest).map_err(|e| chain(&e))?;
-        let used = self.used_addresses();
+        let used = self.in_use();
         let prepared = prepare(&self.settings.launch, state, &image, &record.id, &used)
             .map_err(|e| chain(&e))?;
         record.address = prepared.address;
         record.tap = prepared.tap;
+        record.jail_uid = prepared.jail_uid;
         self.save(record);
         let files = InstanceFiles::new(&self.settings.launch.instances_dir, &record.id);
         let vmm = Vmm::spawn(&self.settings.vmm, &prepared.args, &files.vmm_log())
@@ -311,6 +316,15 @@ impl Supervisor {
             && let Err(e) = network::remove_tap(tap)
         {
             tracing::warn!(instance = %record.id, error = %chain(&e), "cannot remove the TAP");
+        }
+        if let Some(jail) = &self.settings.launch.jail {
+            let (cgroups, id) = (jail.cgroups.clone(), record.id.clone());
+            // The jailed process may still be leaving its group: removal waits a little.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cgroups.remove(&id) {
+                    tracing::warn!(instance = id, error = %e, "cannot remove the cgroup");
+                }
+            });
         }
     }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use herd_proto::{InstanceConfig, NetworkConfig};
 
+use crate::agent::cgroup::{CgroupError, Cgroups, Limits};
 use crate::agent::network::{self, Bridge, NetworkError};
 use crate::fleet::{NetworkMode, ServiceState};
 use crate::run::{BootPlan, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
@@ -26,6 +27,12 @@ pub enum LaunchError {
     NoBridge,
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error("all {0} jail uids are in use")]
+    UidsExhausted(u32),
+    #[error("cannot hand {0} to the jail's user")]
+    Chown(PathBuf, #[source] std::io::Error),
+    #[error("cannot create the instance's cgroup")]
+    Cgroup(#[from] CgroupError),
 }
 
 /// What the agent passes to every launch.
@@ -40,6 +47,36 @@ pub struct LaunchSettings {
     pub pvm: bool,
     /// herd-vmm's `--cpuid-cache`: KVM's supported CPUID is asked once per host boot.
     pub cpuid_cache: PathBuf,
+    /// Jail each instance's herd-vmm (`None`: `--no-jail`).
+    pub jail: Option<JailSettings>,
+}
+
+/// How instances are jailed: each gets its own unprivileged uid (and the same gid), its
+/// directory as `/`, and a cgroup with its limits.
+#[derive(Clone, Debug)]
+pub struct JailSettings {
+    /// Instances get uids `uid_base ..uid_base + uid_count`, one per live instance.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub cgroups: Cgroups,
+    /// Memory allowed beyond the guest's, for herd-vmm and the kernel's memory for the VM.
+    pub memory_overhead_mib: u32,
+}
+
+impl JailSettings {
+    /// The lowest uid of the range that no instance in `used` holds.
+    fn allocate_uid(&self, used: &BTreeSet<u32>) -> Result<u32, LaunchError> {
+        (self.uid_base..self.uid_base.saturating_add(self.uid_count))
+            .find(|uid| !used.contains(uid))
+            .ok_or(LaunchError::UidsExhausted(self.uid_count))
+    }
+}
+
+/// What live instances hold that a new one must not share.
+#[derive(Debug, Default)]
+pub struct InUse {
+    pub addresses: BTreeSet<Ipv4Addr>,
+    pub uids: BTreeSet<u32>,
 }
 
 /// Files of one instance.
@@ -88,18 +125,21 @@ pub struct Prepared {
     pub args: Vec<std::ffi::OsString>,
     pub address: Option<String>,
     pub tap: Option<String>,
+    /// The uid (and gid) the instance's herd-vmm is jailed as.
+    pub jail_uid: Option<u32>,
 }
 
-/// Creates the instance's directory, archive and TAP, and herd-vmm's arguments.
-/// `used` are the addresses live instances hold. On error nothing is left behind but the
-/// directory (which holds nothing yet).
+/// Creates the instance's directory, archive, TAP and (jailed) cgroup, and herd-vmm's
+/// arguments. On error nothing is left behind but the directory and, if made, the cgroup
+/// (removed with the instance's other leftovers).
 pub fn prepare(
     settings: &LaunchSettings,
     service: &ServiceState,
     image: &ResolvedImage,
     id: &str,
-    used: &BTreeSet<Ipv4Addr>,
+    used: &InUse,
 ) -> Result<Prepared, LaunchError> {
+    let (used, used_uids) = (&used.addresses, &used.uids);
     let files = InstanceFiles::new(&settings.instances_dir, id);
     std::fs::create_dir_all(&files.dir).map_err(|e| LaunchError::Dir(files.dir.clone(), e))?;
     let network = match service.spec.network {
@@ -147,11 +187,45 @@ pub fn prepare(
         "--log-level".into(),
         "info".into(),
     ]);
+    let jail_uid = match &settings.jail {
+        Some(jail) => Some(jail_args(jail, &plan, &files, id, used_uids, &mut args)?),
+        None => None,
+    };
     Ok(Prepared {
         args,
         address: config.network.map(|n| n.address),
         tap,
+        jail_uid,
     })
+}
+
+/// Hands the instance's directory (which becomes its `/`) to a fresh uid, makes its cgroup,
+/// and adds the `--jail` flags; returns the uid.
+fn jail_args(
+    jail: &JailSettings,
+    plan: &BootPlan,
+    files: &InstanceFiles,
+    id: &str,
+    used: &BTreeSet<u32>,
+    args: &mut Vec<std::ffi::OsString>,
+) -> Result<u32, LaunchError> {
+    let uid = jail.allocate_uid(used)?;
+    std::os::unix::fs::chown(&files.dir, Some(uid), Some(uid))
+        .and_then(|()| {
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+            std::fs::set_permissions(&files.dir, mode)
+        })
+        .map_err(|e| LaunchError::Chown(files.dir.clone(), e))?;
+    let limits = Limits::for_vm(plan.vcpus, plan.memory_mib, jail.memory_overhead_mib);
+    let cgroups = jail.cgroups.create(id, &limits)?;
+    args.extend(["--jail".into(), files.dir.clone().into()]);
+    for (flag, value) in [("--jail-uid", uid), ("--jail-gid", uid)] {
+        args.extend([flag.into(), value.to_string().into()]);
+    }
+    for dir in cgroups {
+        args.extend(["--jail-cgroup".into(), dir.into()]);
+    }
+    Ok(uid)
 }
 
 fn boot_plan(

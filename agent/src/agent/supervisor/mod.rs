@@ -29,7 +29,7 @@ use super::types::EventKind;
 use crate::fleet::{Action, InstanceView, ServiceState, ServiceView, plan};
 use crate::store::ResolvedImage;
 pub use instances::Live;
-pub use launch::{LaunchSettings, boot_time_ms};
+pub use launch::{JailSettings, LaunchSettings, boot_time_ms};
 
 /// Errors that stop the supervisor (not those of single requests or instances).
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,14 @@ impl Supervisor {
             fleet_tx: watch::channel(Arc::default()).0,
         };
         sup.adopt().map_err(SupervisorError::Load)?;
+        if let Some(jail) = &sup.settings.launch.jail {
+            let live = |id: &str| {
+                sup.instances
+                    .get(id)
+                    .is_some_and(|i| i.record.status.is_live())
+            };
+            jail.cgroups.sweep(&live);
+        }
         sup.publish();
         Ok(sup)
     }
