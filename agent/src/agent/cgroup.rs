@@ -3,15 +3,15 @@
 //! has ended. Works on a cgroup v2 host and on a v1 host (one directory per controller).
 //!
 //! The groups live under the agent's own cgroup (read from `/proc/self/cgroup`), in
-//! `herd-instances/<instance id>`, so an agent run by a service manager stays inside what it
-//! was delegated. On v2 the agent first moves itself into a `herd-agent` leaf, as the v2 rule
-//! "no processes in a group that distributes controllers" asks.
+//! `<group>/<instance id>`, so an agent run by a service manager stays inside what it was
+//! delegated; `<group>` is named after the agent's state directory, so agents sharing a
+//! cgroup never sweep each other's instances. On v2 the agent first moves itself into a
+//! `herd-agent` leaf, as the v2 rule "no processes in a group that distributes controllers"
+//! asks.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The directory under the agent's own cgroup that holds the instances' groups.
-pub const INSTANCES_GROUP: &str = "herd-instances";
 const AGENT_LEAF: &str = "herd-agent";
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -59,9 +59,9 @@ impl Limits {
 /// Where the instances' groups are made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cgroups {
-    /// cgroup v2: `base/herd-instances/<id>`.
-    V2 { base: PathBuf },
-    /// cgroup v1: `<controller dir>/herd-instances/<id>` for memory, cpu and pids.
+    /// cgroup v2: `group/<id>`, `group` under the agent's own cgroup.
+    V2 { group: PathBuf },
+    /// cgroup v1: `<group>/<id>` in the memory, cpu and pids hierarchies.
     V1 {
         memory: PathBuf,
         cpu: PathBuf,
@@ -71,9 +71,9 @@ pub enum Cgroups {
 
 impl Cgroups {
     /// Finds the hierarchy under `mount` (normally `/sys/fs/cgroup`) from the agent's own
-    /// `/proc/self/cgroup` text, and prepares it (v2: the agent moves to its leaf and the
-    /// controllers are enabled for the instances).
-    pub fn detect(mount: &Path, self_cgroup: &str) -> Result<Self, CgroupError> {
+    /// `/proc/self/cgroup` text, and creates `group` for the instances (v2: after moving the
+    /// agent to its leaf, with the controllers enabled).
+    pub fn detect(mount: &Path, self_cgroup: &str, group: &str) -> Result<Self, CgroupError> {
         let own = |controller: &str| -> Option<PathBuf> {
             self_cgroup.lines().find_map(|line| {
                 let mut parts = line.splitn(3, ':');
@@ -84,14 +84,15 @@ impl Cgroups {
         };
         if mount.join("cgroup.controllers").is_file() {
             let base = mount.join(own("").unwrap_or_default());
-            prepare_v2(&base)?;
-            return Ok(Self::V2 { base });
+            let group = base.join(group);
+            prepare_v2(&base, &group)?;
+            return Ok(Self::V2 { group });
         }
         let dir = |c: &str| {
             let root = mount.join(c);
             root.join("cgroup.procs")
                 .is_file()
-                .then(|| root.join(own(c).unwrap_or_default()).join(INSTANCES_GROUP))
+                .then(|| root.join(own(c).unwrap_or_default()).join(group))
         };
         match (dir("memory"), dir("cpu"), dir("pids")) {
             (Some(memory), Some(cpu), Some(pids)) => {
@@ -110,8 +111,8 @@ impl Cgroups {
         let quota = limits.cpu_quota_us.to_string();
         let (memory, pids) = (limits.memory_bytes.to_string(), limits.pids.to_string());
         match self {
-            Self::V2 { base } => {
-                let dir = base.join(INSTANCES_GROUP).join(id);
+            Self::V2 { group } => {
+                let dir = group.join(id);
                 create_dir(&dir)?;
                 write(&dir, "memory.max", &memory)?;
                 write_if_present(&dir, "memory.swap.max", "0")?;
@@ -142,7 +143,7 @@ impl Cgroups {
     /// The directories instance `id`'s group has (whether or not they exist).
     pub fn dirs(&self, id: &str) -> Vec<PathBuf> {
         match self {
-            Self::V2 { base } => vec![base.join(INSTANCES_GROUP).join(id)],
+            Self::V2 { group } => vec![group.join(id)],
             Self::V1 { memory, cpu, pids } => vec![memory.join(id), cpu.join(id), pids.join(id)],
         }
     }
@@ -173,7 +174,7 @@ impl Cgroups {
     /// Groups of instances not in `live` (left by a crash): removed.
     pub fn sweep(&self, live: &dyn Fn(&str) -> bool) {
         let parents = match self {
-            Self::V2 { base } => vec![base.join(INSTANCES_GROUP)],
+            Self::V2 { group } => vec![group.clone()],
             Self::V1 { memory, cpu, pids } => vec![memory.clone(), cpu.clone(), pids.clone()],
         };
         let mut stale = std::collections::BTreeSet::new();
@@ -193,15 +194,14 @@ impl Cgroups {
     }
 }
 
-/// v2: moves the agent into its own leaf, then lets `base` and the instances' parent hand
+/// v2: moves the agent into its own leaf, then lets `base` and the instances' `group` hand
 /// memory, cpu and pids down.
-fn prepare_v2(base: &Path) -> Result<(), CgroupError> {
+fn prepare_v2(base: &Path, group: &Path) -> Result<(), CgroupError> {
     let leaf = base.join(AGENT_LEAF);
     create_dir(&leaf)?;
     write(&leaf, "cgroup.procs", "0")?;
-    let instances = base.join(INSTANCES_GROUP);
-    create_dir(&instances)?;
-    for dir in [base, instances.as_path()] {
+    create_dir(group)?;
+    for dir in [base, group] {
         write(dir, "cgroup.subtree_control", "+memory +cpu +pids")?;
     }
     Ok(())
@@ -250,10 +250,10 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         fake_v1(mount.path());
         let own = "4:memory:/agents/a1\n3:cpu,cpuacct:/agents/a1\n8:pids:/agents/a1\n0::/\n";
-        let cgroups = Cgroups::detect(mount.path(), own).unwrap();
+        let cgroups = Cgroups::detect(mount.path(), own, "herd-1").unwrap();
         let limits = Limits::for_vm(2, 64, 32);
         let dirs = cgroups.create("web-1", &limits).unwrap();
-        let expect = |c: &str| mount.path().join(c).join("agents/a1/herd-instances/web-1");
+        let expect = |c: &str| mount.path().join(c).join("agents/a1/herd-1/web-1");
         assert_eq!(dirs, [expect("memory"), expect("cpu"), expect("pids")]);
         let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(
@@ -272,8 +272,15 @@ mod tests {
         std::fs::write(mount.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
         std::fs::create_dir_all(mount.path().join("system.slice/herd.service")).unwrap();
         let base = mount.path().join("system.slice/herd.service");
-        let cgroups = Cgroups::detect(mount.path(), "0::/system.slice/herd.service\n").unwrap();
-        assert_eq!(cgroups, Cgroups::V2 { base: base.clone() });
+        let own = "0::/system.slice/herd.service\n";
+        let cgroups = Cgroups::detect(mount.path(), own, "herd-1").unwrap();
+        let group = base.join("herd-1");
+        assert_eq!(
+            cgroups,
+            Cgroups::V2 {
+                group: group.clone()
+            }
+        );
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(base.join("herd-agent/cgroup.procs")), "0");
         assert_eq!(
@@ -283,7 +290,11 @@ mod tests {
         let dirs = cgroups
             .create("web-1", &Limits::for_vm(1, 128, 32))
             .unwrap();
-        assert_eq!(dirs, [base.join("herd-instances/web-1")]);
+        assert_eq!(dirs, [group.join("web-1")]);
+        assert_eq!(
+            read(group.join("cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
         assert_eq!(read(dirs[0].join("cpu.max")), "100000 100000");
         assert_eq!(read(dirs[0].join("memory.max")), (160u64 << 20).to_string());
     }
@@ -291,10 +302,10 @@ mod tests {
     #[test]
     fn a_host_without_the_controllers_is_refused_and_stale_groups_are_swept() {
         let mount = tempfile::tempdir().unwrap();
-        let err = Cgroups::detect(mount.path(), "0::/\n").unwrap_err();
+        let err = Cgroups::detect(mount.path(), "0::/\n", "herd-1").unwrap_err();
         assert!(matches!(err, CgroupError::NoHierarchy(_)));
         fake_v1(mount.path());
-        let cgroups = Cgroups::detect(mount.path(), "0::/\n").unwrap();
+        let cgroups = Cgroups::detect(mount.path(), "0::/\n", "herd-1").unwrap();
         for id in ["live-1", "dead-1"] {
             for dir in cgroups.dirs(id) {
                 std::fs::create_dir_all(dir).unwrap();

@@ -68,7 +68,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
             console_log_max_bytes: args.log_max_bytes,
             pvm: Path::new("/sys/module/kvm_pvm").exists(),
             cpuid_cache: state_dir.clone(),
-            jail: jail_settings(&args)?,
+            jail: jail_settings(&args, &state_dir)?,
         },
         keep_ended_ms: args.log_keep_ms,
     };
@@ -81,7 +81,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
 }
 
 /// How instances are jailed, unless `--no-jail`: the cgroup hierarchy is found and prepared.
-fn jail_settings(args: &AgentArgs) -> Result<Option<JailSettings>, AgentError> {
+fn jail_settings(args: &AgentArgs, state_dir: &Path) -> Result<Option<JailSettings>, AgentError> {
     if args.no_jail {
         return Ok(None);
     }
@@ -90,7 +90,11 @@ fn jail_settings(args: &AgentArgs) -> Result<Option<JailSettings>, AgentError> {
     }
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| AgentError::Jail(CgroupError::Read("/proc/self/cgroup".into(), e)))?;
-    let cgroups = Cgroups::detect(Path::new("/sys/fs/cgroup"), &own).map_err(AgentError::Jail)?;
+    // Named after the state directory: this agent's instances, and only them, every run.
+    let digest = crate::image::sha256_digest(state_dir.as_os_str().as_encoded_bytes());
+    let group = format!("herd-{}", &digest["sha256:".len()..][..12]);
+    let cgroups =
+        Cgroups::detect(Path::new("/sys/fs/cgroup"), &own, &group).map_err(AgentError::Jail)?;
     tracing::info!(?cgroups, "instances are jailed");
     Ok(Some(JailSettings {
         uid_base: args.jail_uid_base,

@@ -100,6 +100,8 @@ fn console(rules: &mut Rules) {
     allow(
         rules,
         &[
+            // musl opens with `open`, glibc with `openat`.
+            libc::SYS_open,
             libc::SYS_openat,
             libc::SYS_rename,
             libc::SYS_renameat,
