@@ -135,10 +135,10 @@ fn sample_requests() -> Vec<Request> {
             service: Some("web".into()),
         },
         Request::GetInstance {
-            id: "web-2-a1".into(),
+            id: "web-000002a1".into(),
         },
         Request::KillInstance {
-            id: "web-1-b7".into(),
+            id: "web-000001b7".into(),
         },
     ]
 }
@@ -369,7 +369,7 @@ fn bad_requests() -> Vec<Bad> {
         bad(M::GET, "/v1/services/web/", "", 404, None),
         bad(M::DELETE, "/v1/services", "", 405, None),
         bad(M::PATCH, "/v1/services/web", "", 405, None),
-        bad(M::GET, "/v1/instances/web-2-a1/kill", "", 405, None),
+        bad(M::GET, "/v1/instances/web-000002a1/kill", "", 405, None),
         bad(M::POST, "/v1/health", "", 405, None),
     ]
 }
@@ -414,7 +414,12 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_never_reach_the_supe
             404,
         ),
         (Request::CreateService(fake::web_spec()), 409),
-        (Request::KillInstance { id: "x".into() }, 404),
+        (
+            Request::KillInstance {
+                id: "web-0000dead".into(),
+            },
+            404,
+        ),
     ] {
         match agent.client().call(&request).await {
             Err(ClientError::Api { status: s, body }) => {

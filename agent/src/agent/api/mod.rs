@@ -14,6 +14,7 @@
 //! - [`stream`]: streamed answers that end when the client leaves or the agent stops.
 //! - [`reject`]: bodies, parameters, unknown routes and methods refused as JSON errors.
 //! - [`socket`]: binding the socket path safely.
+//! - [`params`]: path and query parameters that name things, checked by shape.
 //!
 //! Status codes: 200 with the view, 201 for a created service, 204 when the supervisor only
 //! accepts (a deleted service, a killed instance); 400 bad request (`field` names the JSON
@@ -23,6 +24,7 @@
 pub mod handlers;
 pub mod images;
 pub mod observe;
+pub mod params;
 pub mod reject;
 pub mod routes;
 pub mod socket;
