@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::api::{self, ApiError, Backend};
+use super::api::{self, Access, ApiError, Backend};
 use super::config::AgentArgs;
 use super::db::{Db, DbError};
 use super::dispatch::Dispatcher;
@@ -71,7 +71,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(settings, db, &args.socket_path()))
+    runtime.block_on(serve(settings, db, &args.socket_path(), args.access()))
 }
 
 /// Each instance holds a pidfd and, while checked, a socket in the agent: hundreds of
@@ -92,7 +92,12 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentError> {
+async fn serve(
+    settings: Settings,
+    db: Db,
+    socket: &Path,
+    access: Access,
+) -> Result<(), AgentError> {
     let (dispatcher, calls) = Dispatcher::channel();
     let (home, instances_dir) = (settings.home.clone(), settings.launch.instances_dir.clone());
     let bridge = settings.launch.bridge.clone();
@@ -105,8 +110,8 @@ async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentErr
         instances_dir,
     );
     let fleet = tokio::spawn(supervisor.run(calls));
-    tracing::info!(socket = %socket.display(), "serving");
-    api::serve(socket, backend, stop_signal()).await?;
+    tracing::info!(socket = %socket.display(), ?access, "serving");
+    api::serve(socket, access, backend, stop_signal()).await?;
     // The API's dispatchers are gone, so the supervisor's queue closes and it returns.
     let running = fleet.await.unwrap_or(usize::MAX);
     match bridge {

@@ -127,7 +127,7 @@ pub async fn serve_in(socket: PathBuf, hold: Option<usize>, world: Arc<World>) -
     let (stop, stopped) = oneshot::channel::<()>();
     let path = socket.clone();
     let served = tokio::spawn(async move {
-        api::serve(&path, backend, async {
+        api::serve(&path, api::Access::default(), backend, async {
             let _ = stopped.await;
         })
         .await

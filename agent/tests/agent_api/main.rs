@@ -459,7 +459,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     // A second agent on the same path is refused, naming it, and the first keeps serving.
     let backend =
         fake::World::in_dir(dir.path()).backend(herd::agent::dispatch::Dispatcher::channel().0);
-    match api::serve(&socket, backend, async {}).await {
+    match api::serve(&socket, api::Access::default(), backend, async {}).await {
         Err(e @ ApiError::InUse { .. }) => {
             assert!(e.to_string().contains(socket.to_str().unwrap()), "{e}");
         }
@@ -473,7 +473,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     served.await.unwrap().unwrap();
     // Something that is not a socket is never deleted.
     std::fs::write(&socket, "precious").unwrap();
-    let refused = api::bind(&socket).await.unwrap_err();
+    let refused = api::bind(&socket, None).await.unwrap_err();
     assert!(matches!(refused, ApiError::NotSocket { .. }), "{refused:?}");
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
 }

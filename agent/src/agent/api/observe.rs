@@ -116,7 +116,7 @@ pub async fn events(State(b): State<Backend>, q: EventsParams) -> Response {
 /// `GET /metrics`.
 pub async fn metrics(State(b): State<Backend>) -> Response {
     let fleet = b.fleet.borrow().clone();
-    let text = metrics::render(&fleet, &b.requests.get());
+    let text = metrics::render(&fleet, &b.requests.get(), b.requests.peers_denied());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
