@@ -1,8 +1,8 @@
 //! Opening files whose names come from requests without ever leaving the directory they are
 //! meant to be in. Names are checked by shape where they enter (ids, names, digests), but a
-//! shape check cannot see the file system: a symlink planted in an instance's directory (by
-//! a compromised guest's host-side helper, an operator's mistake, a restore from backup)
-//! would still lead a lexically clean path elsewhere. So the open itself is confined, by the
+//! shape check cannot see the file system: a symlink in an instance's directory (an
+//! operator's mistake, a restored backup, any other process that can write there) would
+//! still lead a lexically clean path elsewhere. So the open itself is confined, by the
 //! kernel: `openat2(2)` beneath a directory descriptor with `RESOLVE_BENEATH` (no absolute
 //! paths, no `..` above the directory, no symlink resolving outside it) and
 //! `RESOLVE_NO_MAGICLINKS` (no `/proc/self/fd/N`-style jumps). Absolute paths and `..`

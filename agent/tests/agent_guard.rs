@@ -265,7 +265,9 @@ fn denied_api_peers_get_nothing_and_are_logged() {
 
 #[test]
 fn without_socket_group_the_socket_keeps_the_agents_group_and_others_cannot_connect() {
-    if !can_switch_users("without_socket_group_the_socket_keeps_the_agents_group") {
+    if !can_switch_users(
+        "without_socket_group_the_socket_keeps_the_agents_group_and_others_cannot_connect",
+    ) {
         return;
     }
     // Allowed by the policy, but the file mode keeps nobody out: both locks count.

@@ -9,7 +9,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::ApiError;
 
-/// Mode of the socket: the owner and its group may use the API.
+/// Mode of the socket: the owner and its group may connect (and then must pass the peer
+/// policy, see `peer`).
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// A bound socket, and which file it is, to remove it only if still ours.
