@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod confine;
 pub mod cpio;
 pub mod embedded;
 pub mod fleet;

@@ -1,8 +1,10 @@
 //! `herd agent`'s command line: every option, documented for `--help`, with its default, and
-//! the socket, state and herd-vmm paths resolved from flags, environment and `--home`.
+//! the socket, state and herd-vmm paths and the API's access rules resolved from flags,
+//! environment and `--home`.
 
 use std::path::{Path, PathBuf};
 
+use super::api::{Access, PeerPolicy};
 use super::network::Subnet;
 use crate::run::{RunError, find_vmm};
 
@@ -25,6 +27,20 @@ pub struct AgentArgs {
     /// $HERD_SOCKET, else /run/herd/herd.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Give the socket to this group (numeric gid; the owner stays the agent's user), so its
+    /// members can connect through the file mode. They are served only if also allowed by
+    /// --api-allow-gid or --api-allow-uid [default: the agent's own group].
+    #[arg(long, value_name = "GID")]
+    pub socket_group: Option<u32>,
+    /// A user (numeric uid) allowed to use the API besides root and the agent's own user;
+    /// repeatable. Checked on each connection (SO_PEERCRED): anyone else is closed unanswered
+    /// and logged.
+    #[arg(long = "api-allow-uid", value_name = "UID")]
+    pub api_allow_uids: Vec<u32>,
+    /// A group (numeric gid) whose processes may use the API: the connecting process's
+    /// effective gid must be it (supplementary groups are not seen); repeatable.
+    #[arg(long = "api-allow-gid", value_name = "GID")]
+    pub api_allow_gids: Vec<u32>,
     /// Where the agent keeps its database and the instances' console logs [default:
     /// HOME/agent, HOME being --home].
     #[arg(long, value_name = "DIR")]
@@ -75,6 +91,17 @@ impl AgentArgs {
     /// The state directory, given herd's home (`--home`).
     pub fn state_dir(&self, home: &Path) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(|| home.join("agent"))
+    }
+
+    /// Who may use the API: the socket's group and the peers allowed.
+    pub fn access(&self) -> Access {
+        Access {
+            socket_group: self.socket_group,
+            peers: PeerPolicy::for_this_process(
+                self.api_allow_uids.iter().copied(),
+                self.api_allow_gids.iter().copied(),
+            ),
+        }
     }
 
     /// The herd-vmm binary.

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::api::{self, ApiError, Backend};
+use super::api::{self, Access, ApiError, Backend};
 use super::cgroup::{CgroupError, Cgroups};
 use super::config::AgentArgs;
 use super::db::{Db, DbError};
@@ -77,7 +77,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(settings, db, &args.socket_path()))
+    runtime.block_on(serve(settings, db, &args.socket_path(), args.access()))
 }
 
 /// How instances are jailed, unless `--no-jail`: the cgroup hierarchy is found and prepared.
@@ -122,7 +122,12 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentError> {
+async fn serve(
+    settings: Settings,
+    db: Db,
+    socket: &Path,
+    access: Access,
+) -> Result<(), AgentError> {
     let (dispatcher, calls) = Dispatcher::channel();
     let (home, instances_dir) = (settings.home.clone(), settings.launch.instances_dir.clone());
     let bridge = settings.launch.bridge.clone();
@@ -135,8 +140,8 @@ async fn serve(settings: Settings, db: Db, socket: &Path) -> Result<(), AgentErr
         instances_dir,
     );
     let fleet = tokio::spawn(supervisor.run(calls));
-    tracing::info!(socket = %socket.display(), "serving");
-    api::serve(socket, backend, stop_signal()).await?;
+    tracing::info!(socket = %socket.display(), ?access, "serving");
+    api::serve(socket, access, backend, stop_signal()).await?;
     // The API's dispatchers are gone, so the supervisor's queue closes and it returns.
     let running = fleet.await.unwrap_or(usize::MAX);
     match bridge {

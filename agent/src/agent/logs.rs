@@ -8,35 +8,71 @@
 //! read to its end (it is complete: herd-vmm closed it before renaming) and the new one is
 //! read from its start. A log that shrinks in place is read again from its start. Output
 //! rotated away twice between two polls is lost, as it is on disk.
+//!
+//! Both files are opened only beneath the instances directory (`crate::confine`): a symlink
+//! in an instance's directory leading out of it is refused, naming the file.
 
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use tokio::sync::mpsc;
+
+use crate::confine::{Beneath, ConfineError};
 
 /// How often a follower looks for new output.
 pub const POLL: Duration = Duration::from_millis(150);
 /// Most bytes read (and sent) at once.
 const CHUNK: usize = 64 * 1024;
 
-/// The two files of an instance's console log.
+/// Why a console log cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Refused or failed opening: names the file and why (a symlink leading out, say).
+    #[error(transparent)]
+    Open(#[from] ConfineError),
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] io::Error),
+}
+
+/// The two files of an instance's console log, opened only beneath the instances directory:
+/// the id is checked by shape where it arrives, and a symlink planted in an instance's
+/// directory (or as the directory) still cannot lead the reader elsewhere.
 #[derive(Clone, Debug)]
 pub struct LogFiles {
+    instances: Arc<Beneath>,
+    /// `<id>/console.log`, relative to the instances directory.
     pub current: PathBuf,
+    /// `<id>/console.log.1`.
     pub rotated: PathBuf,
 }
 
 impl LogFiles {
-    /// The log files in an instance's directory.
-    pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            current: dir.join("console.log"),
-            rotated: dir.join("console.log.1"),
+    /// The log files of instance `id` in the directory `instances`.
+    pub fn of(instances: &Path, id: &str) -> Result<Self, LogError> {
+        let id = Path::new(id);
+        Ok(Self {
+            instances: Arc::new(Beneath::open(instances)?),
+            current: id.join("console.log"),
+            rotated: id.join("console.log.1"),
+        })
+    }
+
+    fn read_error(&self, rel: &Path) -> impl Fn(io::Error) -> LogError {
+        let path = self.instances.path().join(rel);
+        move |e| LogError::Read(path.clone(), e)
+    }
+
+    fn open_if_there(&self, rel: &Path) -> Result<Option<File>, LogError> {
+        match self.instances.open_file(rel) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -45,14 +81,6 @@ impl LogFiles {
 fn identity(file: &File) -> io::Result<(u64, u64)> {
     let meta = file.metadata()?;
     Ok((meta.dev(), meta.ino()))
-}
-
-fn open_if_there(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Reads a console log in order across rotations.
@@ -67,45 +95,57 @@ pub struct LogCursor {
 
 impl LogCursor {
     /// A cursor at the start of the retained output.
-    pub fn open(files: LogFiles) -> io::Result<Self> {
+    pub fn open(files: LogFiles) -> Result<Self, LogError> {
         // `console.log` first: if a rotation happens before `console.log.1` is opened, that
         // is the same file, read once through `file`.
-        let file = open_if_there(&files.current)?;
-        let older = match (open_if_there(&files.rotated)?, &file) {
-            (Some(old), Some(cur)) if identity(&old)? == identity(cur)? => None,
+        let file = files.open_if_there(&files.current)?;
+        let same = |a: &File, b: &File| -> Result<bool, LogError> {
+            let err = files.read_error(&files.rotated);
+            Ok(identity(a).map_err(&err)? == identity(b).map_err(&err)?)
+        };
+        let older = match (files.open_if_there(&files.rotated)?, &file) {
+            (Some(old), Some(cur)) if same(&old, cur)? => None,
             (old, _) => old,
         };
         Ok(Self { files, older, file })
     }
 
     /// The next output, up to 64 KiB; `None` when there is none right now.
-    pub fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+    pub fn read_chunk(&mut self) -> Result<Option<Vec<u8>>, LogError> {
         if let Some(old) = &mut self.older {
-            if let Some(chunk) = read_some(old)? {
+            let read = read_some(old).map_err(self.files.read_error(&self.files.rotated))?;
+            if let Some(chunk) = read {
                 return Ok(Some(chunk));
             }
             self.older = None;
         }
+        let err = self.files.read_error(&self.files.current);
         // At most twice: the open file, then (after a rotation) the new one.
         for _ in 0..2 {
             let Some(file) = &mut self.file else {
-                self.file = open_if_there(&self.files.current)?;
+                self.file = self.files.open_if_there(&self.files.current)?;
                 return match &mut self.file {
-                    Some(f) => read_some(f),
+                    Some(f) => read_some(f).map_err(err),
                     None => Ok(None),
                 };
             };
-            if file.metadata()?.len() < file.stream_position()? {
-                file.seek(SeekFrom::Start(0))?;
+            if file.metadata().map_err(&err)?.len() < file.stream_position().map_err(&err)? {
+                file.seek(SeekFrom::Start(0)).map_err(&err)?;
             }
-            if let Some(chunk) = read_some(file)? {
+            if let Some(chunk) = read_some(file).map_err(&err)? {
                 return Ok(Some(chunk));
             }
             if !self.rotated_away()? {
                 return Ok(None);
             }
             // Complete now (herd-vmm closed it before the rename): finish it, then move on.
-            if let Some(chunk) = self.file.as_mut().map(read_some).transpose()?.flatten() {
+            let rest = self
+                .file
+                .as_mut()
+                .map(read_some)
+                .transpose()
+                .map_err(&err)?;
+            if let Some(chunk) = rest.flatten() {
                 return Ok(Some(chunk));
             }
             self.file = None;
@@ -114,16 +154,17 @@ impl LogCursor {
     }
 
     /// Whether `console.log` is no longer the open file.
-    fn rotated_away(&self) -> io::Result<bool> {
+    fn rotated_away(&self) -> Result<bool, LogError> {
         let Some(file) = &self.file else {
             return Ok(false);
         };
-        let now = match std::fs::metadata(&self.files.current) {
-            Ok(meta) => (meta.dev(), meta.ino()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(e),
+        let now = match self.files.instances.identity(&self.files.current) {
+            Ok(id) => id,
+            Err(e) if e.is_not_found() => return Ok(true),
+            Err(e) => return Err(e.into()),
         };
-        Ok(now != identity(file)?)
+        let open = identity(file).map_err(self.files.read_error(&self.files.current))?;
+        Ok(now != open)
     }
 }
 
@@ -188,13 +229,12 @@ pub struct LogsQuery {
 /// output every [`POLL`] until `until` completes (the instance ended) and the rest is read.
 /// Returns when done, when `out` is closed (the client left) or reading fails.
 pub async fn stream(
-    files: LogFiles,
+    mut cursor: LogCursor,
     tail: Option<usize>,
     until: Option<impl Future<Output = ()>>,
     out: mpsc::Sender<Bytes>,
 ) {
     let result = async {
-        let mut cursor = LogCursor::open(files)?;
         match tail {
             Some(n) => {
                 let mut t = Tail::new(n);
@@ -221,18 +261,18 @@ pub async fn stream(
         }
     };
     if let Err(Failed::Read(e)) = result.await {
-        tracing::warn!(error = %e, "cannot read a console log");
+        tracing::warn!(error = %super::supervisor::chain(&e), "cannot read a console log");
     }
 }
 
 /// Why a stream stopped early.
 enum Failed {
-    Read(io::Error),
+    Read(LogError),
     ClientGone,
 }
 
-impl From<io::Error> for Failed {
-    fn from(e: io::Error) -> Self {
+impl From<LogError> for Failed {
+    fn from(e: LogError) -> Self {
         Self::Read(e)
     }
 }
@@ -277,10 +317,36 @@ mod tests {
         f.write_all(text.as_bytes()).unwrap();
     }
 
-    /// What herd-vmm does when the log is full.
-    fn rotate(files: &LogFiles) {
-        std::fs::rename(&files.current, &files.rotated).unwrap();
-        std::fs::File::create(&files.current).unwrap();
+    /// An instance `i` in a temporary instances directory: its log files and their paths.
+    struct Logs {
+        _dir: tempfile::TempDir,
+        files: LogFiles,
+        current: PathBuf,
+        rotated: PathBuf,
+    }
+
+    fn logs() -> Logs {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("i")).unwrap();
+        let files = LogFiles::of(dir.path(), "i").unwrap();
+        Logs {
+            current: dir.path().join(&files.current),
+            rotated: dir.path().join(&files.rotated),
+            files,
+            _dir: dir,
+        }
+    }
+
+    impl Logs {
+        fn cursor(&self) -> LogCursor {
+            LogCursor::open(self.files.clone()).unwrap()
+        }
+
+        /// What herd-vmm does when the log is full.
+        fn rotate(&self) {
+            std::fs::rename(&self.current, &self.rotated).unwrap();
+            std::fs::File::create(&self.current).unwrap();
+        }
     }
 
     #[test]
@@ -307,58 +373,85 @@ mod tests {
 
     #[test]
     fn the_rotated_file_comes_first_then_the_current_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = LogFiles::in_dir(dir.path());
-        append(&files.rotated, "old\n");
-        append(&files.current, "new\n");
-        let mut cursor = LogCursor::open(files).unwrap();
+        let l = logs();
+        append(&l.rotated, "old\n");
+        append(&l.current, "new\n");
+        let mut cursor = l.cursor();
         assert_eq!(read_all(&mut cursor), "old\nnew\n");
     }
 
     #[test]
     fn following_continues_across_a_rotation_without_losing_or_repeating_output() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = LogFiles::in_dir(dir.path());
-        let mut cursor = LogCursor::open(files.clone()).unwrap();
+        let l = logs();
+        let mut cursor = l.cursor();
         assert_eq!(read_all(&mut cursor), "", "no log yet");
-        append(&files.current, "1\n");
+        append(&l.current, "1\n");
         assert_eq!(read_all(&mut cursor), "1\n");
         // Written after the last read, then rotated away before the next one.
-        append(&files.current, "2\n");
-        rotate(&files);
-        append(&files.current, "3\n");
+        append(&l.current, "2\n");
+        l.rotate();
+        append(&l.current, "3\n");
         assert_eq!(read_all(&mut cursor), "2\n3\n");
-        append(&files.current, "4\n");
+        append(&l.current, "4\n");
         assert_eq!(read_all(&mut cursor), "4\n");
     }
 
     #[test]
+    fn a_log_symlinked_out_of_the_instances_directory_is_refused_naming_it() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "secret\n").unwrap();
+        let refused = |e: LogError| {
+            assert!(
+                matches!(e, LogError::Open(ConfineError::Escapes { .. })),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("i/console.log"), "{e}");
+        };
+        for planted in ["current", "rotated"] {
+            let l = logs();
+            let link = if planted == "current" {
+                &l.current
+            } else {
+                &l.rotated
+            };
+            std::os::unix::fs::symlink(secret.path(), link).unwrap();
+            refused(LogCursor::open(l.files.clone()).unwrap_err());
+        }
+        // Swapped in while a follower reads: refused on the next read.
+        let l = logs();
+        append(&l.current, "a\n");
+        let mut cursor = l.cursor();
+        assert_eq!(read_all(&mut cursor), "a\n");
+        std::fs::remove_file(&l.current).unwrap();
+        std::os::unix::fs::symlink(secret.path(), &l.current).unwrap();
+        refused(cursor.read_chunk().unwrap_err());
+    }
+
+    #[test]
     fn a_log_that_shrinks_in_place_is_read_from_its_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = LogFiles::in_dir(dir.path());
-        append(&files.current, "long line of output\n");
-        let mut cursor = LogCursor::open(files.clone()).unwrap();
+        let l = logs();
+        append(&l.current, "long line of output\n");
+        let mut cursor = l.cursor();
         read_all(&mut cursor);
-        std::fs::write(&files.current, "short\n").unwrap();
+        std::fs::write(&l.current, "short\n").unwrap();
         assert_eq!(read_all(&mut cursor), "short\n");
     }
 
     #[tokio::test]
     async fn a_follower_streams_new_output_and_ends_after_the_instance_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = LogFiles::in_dir(dir.path());
-        append(&files.current, "a\nb\nc\n");
+        let l = logs();
+        append(&l.current, "a\nb\nc\n");
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let (tx, mut rx) = mpsc::channel(16);
         let until = async {
             let _ = ended_rx.await;
         };
-        let task = tokio::spawn(stream(files.clone(), Some(1), Some(until), tx));
+        let task = tokio::spawn(stream(l.cursor(), Some(1), Some(until), tx));
         assert_eq!(&rx.recv().await.unwrap()[..], b"c\n");
-        append(&files.current, "d\n");
+        append(&l.current, "d\n");
         assert_eq!(&rx.recv().await.unwrap()[..], b"d\n");
         // The last output is written just before the exit: it still arrives.
-        append(&files.current, "bye\n");
+        append(&l.current, "bye\n");
         ended_tx.send(()).unwrap();
         let mut rest = Vec::new();
         while let Some(chunk) = rx.recv().await {
@@ -370,11 +463,10 @@ mod tests {
 
     #[tokio::test]
     async fn without_follow_the_stream_ends_after_the_retained_output() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = LogFiles::in_dir(dir.path());
-        append(&files.current, "x\n");
+        let l = logs();
+        append(&l.current, "x\n");
         let (tx, mut rx) = mpsc::channel(16);
-        stream(files, None, None::<std::future::Ready<()>>, tx).await;
+        stream(l.cursor(), None, None::<std::future::Ready<()>>, tx).await;
         assert_eq!(&rx.recv().await.unwrap()[..], b"x\n");
         assert!(rx.recv().await.is_none());
     }

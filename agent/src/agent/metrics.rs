@@ -1,6 +1,7 @@
 //! `GET /metrics` in the Prometheus text format 0.0.4: the fleet's numbers from the
-//! supervisor's published [`FleetSnapshot`] and the API's request counts, which the transport
-//! keeps in [`ApiCounts`]. Rendering is pure, so its format is unit-tested here.
+//! supervisor's published [`FleetSnapshot`] and the API's request counts and refused peers,
+//! which the transport keeps in [`ApiCounts`]. Rendering is pure, so its format is
+//! unit-tested here.
 //!
 //! Counters count since the agent started, except `herd_service_replacements_total`, which
 //! is the service's own count and survives agent restarts like the service does.
@@ -8,25 +9,43 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::snapshot::{BOOT_BUCKETS_MS, END_REASONS, FleetSnapshot, reason_name};
 
 /// The Content-Type of the answer.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// API requests answered, by route (`GET /v1/services/{name}`) and status.
+/// API requests answered, by route (`GET /v1/services/{name}`) and status, and connections
+/// refused by the peer policy (they never became requests).
 #[derive(Debug, Default)]
-pub struct ApiCounts(Mutex<BTreeMap<(String, u16), u64>>);
+pub struct ApiCounts {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    peers_denied: AtomicU64,
+}
 
 impl ApiCounts {
     pub fn add(&self, route: &str, status: u16) {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *counts.entry((route.to_owned(), status)).or_default() += 1;
     }
 
     /// The counts now.
     pub fn get(&self) -> BTreeMap<(String, u16), u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts one connection refused by the peer policy.
+    pub fn deny_peer(&self) {
+        self.peers_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections refused by the peer policy so far.
+    pub fn peers_denied(&self) -> u64 {
+        self.peers_denied.load(Ordering::Relaxed)
     }
 }
 
@@ -66,7 +85,11 @@ fn escape(value: &str) -> String {
 }
 
 /// The whole `/metrics` page.
-pub fn render(fleet: &FleetSnapshot, api: &BTreeMap<(String, u16), u64>) -> String {
+pub fn render(
+    fleet: &FleetSnapshot,
+    api: &BTreeMap<(String, u16), u64>,
+    peers_denied: u64,
+) -> String {
     let mut out = String::new();
     render_services(&mut out, fleet);
     render_instances(&mut out, fleet);
@@ -79,6 +102,13 @@ pub fn render(fleet: &FleetSnapshot, api: &BTreeMap<(String, u16), u64>) -> Stri
     for ((route, status), n) in api {
         f.sample("", &[("route", route), ("status", &status.to_string())], n);
     }
+    Family::new(
+        &mut out,
+        "herd_api_peers_denied_total",
+        "counter",
+        "API connections closed unanswered because the peer is not allowed.",
+    )
+    .sample("", &[], peers_denied);
     out
 }
 
@@ -321,7 +351,7 @@ mod tests {
             (("GET /v1/services".to_owned(), 200), 5),
             (("unmatched".to_owned(), 404), 1),
         ]);
-        let text = render(&fleet(), &api);
+        let text = render(&fleet(), &api, 4);
         let samples = parse(&text);
         let web = [("service", "web")];
         assert_eq!(value(&samples, "herd_service_replicas_desired", &web), 3.0);
@@ -339,11 +369,12 @@ mod tests {
         assert_eq!(value(&samples, "herd_instance_exits_total", &vanished), 0.0);
         let route = [("route", "GET /v1/services"), ("status", "200")];
         assert_eq!(value(&samples, "herd_api_requests_total", &route), 5.0);
+        assert_eq!(value(&samples, "herd_api_peers_denied_total", &[]), 4.0);
     }
 
     #[test]
     fn the_boot_histogram_is_cumulative_and_in_seconds() {
-        let samples = parse(&render(&fleet(), &BTreeMap::new()));
+        let samples = parse(&render(&fleet(), &BTreeMap::new(), 0));
         let bucket = |le| value(&samples, "herd_instance_boot_seconds_bucket", &[("le", le)]);
         assert_eq!(bucket("0.025"), 0.0);
         assert_eq!(bucket("0.05"), 1.0);

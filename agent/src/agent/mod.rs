@@ -20,6 +20,7 @@ pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod process;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod supervisor;
 pub mod table;

@@ -194,6 +194,23 @@ pub fn valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// What an instance id can look like: its service's name, `-`, 8 hex digits (see
+/// `run::new_instance_id`); anything else names no instance. Checked where an id arrives,
+/// since an id becomes the name of the instance's directory.
+pub const INSTANCE_ID_SHAPE: &str = "a service name, '-' and 8 hex digits";
+
+/// Whether `id` has the shape of an instance id (see [`INSTANCE_ID_SHAPE`]). The alphabet is
+/// what matters for paths: no `/`, no `.`, so never `..` and never absolute.
+pub fn valid_instance_id(id: &str) -> bool {
+    id.rsplit_once('-').is_some_and(|(service, random)| {
+        valid_service_name(service)
+            && random.len() == 8
+            && random
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 impl ServiceSpec {
     /// Checks every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), SpecError> {

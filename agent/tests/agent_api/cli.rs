@@ -72,7 +72,7 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
     assert_eq!(
         rows[1],
         [
-            "web-2-a1",
+            "web-000002a1",
             "web",
             "2",
             "healthy",
@@ -84,7 +84,7 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
     assert_eq!(
         rows[2],
         [
-            "web-1-b7",
+            "web-000001b7",
             "web",
             "1",
             "exited(unhealthy,143)",
@@ -232,8 +232,11 @@ async fn errors_print_one_line_with_the_field_and_exit_non_zero() {
     assert_eq!(exists.status, 65, "{}", exists.stderr);
     let usage = herd(&agent, &["service", "create", "--name", "web"]).await;
     assert_eq!(usage.status, 64, "{}", usage.stderr);
-    let killed = herd(&agent, &["kill", "web-2-a1"]).await;
-    assert_eq!((killed.status, killed.stdout.as_str()), (0, "web-2-a1\n"));
+    let killed = herd(&agent, &["kill", "web-000002a1"]).await;
+    assert_eq!(
+        (killed.status, killed.stdout.as_str()),
+        (0, "web-000002a1\n")
+    );
     let dir = agent.dir.path().to_owned();
     agent.stop().await.unwrap();
     let no_agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_herd"))

@@ -127,7 +127,7 @@ pub async fn serve_in(socket: PathBuf, hold: Option<usize>, world: Arc<World>) -
     let (stop, stopped) = oneshot::channel::<()>();
     let path = socket.clone();
     let served = tokio::spawn(async move {
-        api::serve(&path, backend, async {
+        api::serve(&path, api::Access::default(), backend, async {
             let _ = stopped.await;
         })
         .await
@@ -230,7 +230,7 @@ fn web(spec: ServiceSpec) -> ServiceInfo {
 
 pub fn instances() -> Vec<InstanceInfo> {
     let running = InstanceInfo {
-        id: "web-2-a1".into(),
+        id: "web-000002a1".into(),
         service: "web".into(),
         generation: 2,
         digest: format!("sha256:{}", "ab".repeat(32)),
@@ -243,7 +243,7 @@ pub fn instances() -> Vec<InstanceInfo> {
         end: None,
     };
     let ended = InstanceInfo {
-        id: "web-1-b7".into(),
+        id: "web-000001b7".into(),
         generation: 1,
         status: InstanceStatus::Exited,
         pid: None,

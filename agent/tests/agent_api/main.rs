@@ -135,10 +135,10 @@ fn sample_requests() -> Vec<Request> {
             service: Some("web".into()),
         },
         Request::GetInstance {
-            id: "web-2-a1".into(),
+            id: "web-000002a1".into(),
         },
         Request::KillInstance {
-            id: "web-1-b7".into(),
+            id: "web-000001b7".into(),
         },
     ]
 }
@@ -369,7 +369,7 @@ fn bad_requests() -> Vec<Bad> {
         bad(M::GET, "/v1/services/web/", "", 404, None),
         bad(M::DELETE, "/v1/services", "", 405, None),
         bad(M::PATCH, "/v1/services/web", "", 405, None),
-        bad(M::GET, "/v1/instances/web-2-a1/kill", "", 405, None),
+        bad(M::GET, "/v1/instances/web-000002a1/kill", "", 405, None),
         bad(M::POST, "/v1/health", "", 405, None),
     ]
 }
@@ -414,7 +414,12 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_never_reach_the_supe
             404,
         ),
         (Request::CreateService(fake::web_spec()), 409),
-        (Request::KillInstance { id: "x".into() }, 404),
+        (
+            Request::KillInstance {
+                id: "web-0000dead".into(),
+            },
+            404,
+        ),
     ] {
         match agent.client().call(&request).await {
             Err(ClientError::Api { status: s, body }) => {
@@ -454,7 +459,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     // A second agent on the same path is refused, naming it, and the first keeps serving.
     let backend =
         fake::World::in_dir(dir.path()).backend(herd::agent::dispatch::Dispatcher::channel().0);
-    match api::serve(&socket, backend, async {}).await {
+    match api::serve(&socket, api::Access::default(), backend, async {}).await {
         Err(e @ ApiError::InUse { .. }) => {
             assert!(e.to_string().contains(socket.to_str().unwrap()), "{e}");
         }
@@ -468,7 +473,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
     served.await.unwrap().unwrap();
     // Something that is not a socket is never deleted.
     std::fs::write(&socket, "precious").unwrap();
-    let refused = api::bind(&socket).await.unwrap_err();
+    let refused = api::bind(&socket, None).await.unwrap_err();
     assert!(matches!(refused, ApiError::NotSocket { .. }), "{refused:?}");
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
 }

@@ -3,7 +3,10 @@
 //! ends), the event stream (since, follow), `/metrics` (the snapshot's numbers and the
 //! request counts), and the image routes on a real store (list, inspect, delete refused while
 //! a service needs the image, import of a `herd save` tarball). Every answer fits
-//! `agent/openapi.json`; every bad parameter is refused naming it.
+//! `agent/openapi.json`; every bad parameter is refused naming it. Ids, names and refs that
+//! could name a file elsewhere (`..`, `/etc/passwd`, 4000 characters) are refused by shape
+//! before anything is looked up, and a console log symlinked out of the instances directory
+//! is refused, not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
@@ -135,9 +138,14 @@ async fn logs_give_the_retained_output_its_tail_and_follow_until_the_instance_en
     let agent = Agent::start().await;
     let world = &agent.world;
     // The fake's ended instance.
-    write_log(world, "web-1-b7", "console.log.1", "probe: boot=pvh\none\n");
-    write_log(world, "web-1-b7", "console.log", "two\nthree\n");
-    let path = "/v1/instances/web-1-b7/logs";
+    write_log(
+        world,
+        "web-000001b7",
+        "console.log.1",
+        "probe: boot=pvh\none\n",
+    );
+    write_log(world, "web-000001b7", "console.log", "two\nthree\n");
+    let path = "/v1/instances/web-000001b7/logs";
     let all = get_ok(&agent, path, "text/plain").await;
     assert_eq!(all, b"probe: boot=pvh\none\ntwo\nthree\n");
     let tail = get_ok(&agent, &format!("{path}?tail=2"), "text/plain").await;
@@ -147,22 +155,22 @@ async fn logs_give_the_retained_output_its_tail_and_follow_until_the_instance_en
     assert_eq!(followed, b"three\n");
 
     // The fake's running instance: new output arrives until the snapshot says it ended.
-    write_log(world, "web-2-a1", "console.log", "up\n");
-    world.publish(live(&[("web-2-a1", true)]));
+    write_log(world, "web-000002a1", "console.log", "up\n");
+    world.publish(live(&[("web-000002a1", true)]));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client = agent.client();
     let follower = tokio::spawn(async move {
         client
-            .stream("/v1/instances/web-2-a1/logs?follow=true", |c| {
+            .stream("/v1/instances/web-000002a1/logs?follow=true", |c| {
                 tx.send(c.to_vec()).is_ok()
             })
             .await
     });
     assert_eq!(rx.recv().await.unwrap(), b"up\n");
-    write_log(world, "web-2-a1", "console.log", "more\n");
+    write_log(world, "web-000002a1", "console.log", "more\n");
     assert_eq!(rx.recv().await.unwrap(), b"more\n");
-    write_log(world, "web-2-a1", "console.log", "last words\n");
-    world.publish(live(&[("web-2-a1", false)]));
+    write_log(world, "web-000002a1", "console.log", "last words\n");
+    world.publish(live(&[("web-000002a1", false)]));
     let ended = tokio::time::timeout(Duration::from_secs(10), follower).await;
     ended.expect("the stream ends").unwrap().unwrap();
     let mut rest = Vec::new();
@@ -171,7 +179,14 @@ async fn logs_give_the_retained_output_its_tail_and_follow_until_the_instance_en
     }
     assert_eq!(rest, b"last words\n");
 
-    refused(&agent, Method::GET, "/v1/instances/nope/logs", 404, None).await;
+    refused(
+        &agent,
+        Method::GET,
+        "/v1/instances/web-0000dead/logs",
+        404,
+        None,
+    )
+    .await;
     for (query, field) in [
         ("tail=x", "tail"),
         ("tail=-1", "tail"),
@@ -185,6 +200,102 @@ async fn logs_give_the_retained_output_its_tail_and_follow_until_the_instance_en
     agent.stop().await.unwrap();
 }
 
+/// Ids, names and refs that would name a file outside the agent's directories if they were
+/// joined to one, as they arrive percent-encoded in a path or query.
+fn hostile_values() -> Vec<String> {
+    let mut values: Vec<String> = [
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e",
+        "..",
+        "%2Fetc%2Fpasswd",
+        "web-000001b7%2F..%2F..%2Fsecret",
+        "web-000001b7%00",
+    ]
+    .map(String::from)
+    .to_vec();
+    values.push("a".repeat(4000));
+    values
+}
+
+#[tokio::test]
+async fn hostile_ids_names_and_refs_in_paths_get_a_400_naming_the_parameter_and_reach_nothing() {
+    let agent = Agent::start().await;
+    let json = Some("application/json");
+    let spec = br#"{"name":"web","image":"i"}"#.to_vec();
+    for v in hostile_values() {
+        for (method, path, field) in [
+            (Method::GET, format!("/v1/instances/{v}"), "id"),
+            (Method::GET, format!("/v1/instances/{v}/logs"), "id"),
+            (Method::POST, format!("/v1/instances/{v}/kill"), "id"),
+            (Method::GET, format!("/v1/services/{v}"), "name"),
+            (Method::DELETE, format!("/v1/services/{v}"), "name"),
+            (Method::GET, format!("/v1/images/{v}"), "ref"),
+            (Method::DELETE, format!("/v1/images/{v}"), "ref"),
+            (Method::GET, format!("/v1/instances?service={v}"), "service"),
+        ] {
+            let body = refused(&agent, method, &path, 400, Some(field)).await;
+            assert!(
+                body.error.len() < 300,
+                "{path}: the value is not echoed whole"
+            );
+        }
+        let put = format!("/v1/services/{v}");
+        refused_with(
+            &agent,
+            Method::PUT,
+            &put,
+            json,
+            spec.clone(),
+            400,
+            Some("name"),
+        )
+        .await;
+        let scale = format!("/v1/services/{v}/scale");
+        let body = br#"{"replicas":1}"#.to_vec();
+        refused_with(&agent, Method::POST, &scale, json, body, 400, Some("name")).await;
+    }
+    assert_eq!(
+        agent.seen(),
+        vec![],
+        "a hostile value reached the supervisor"
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn console_logs_symlinked_out_of_the_instances_directory_are_refused_unread() {
+    let agent = Agent::start().await;
+    let instances = agent.world.instances_dir.clone();
+    std::fs::create_dir_all(&instances).unwrap();
+    let outside = agent.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("console.log"), "SECRET\n").unwrap();
+    // The same content inside is served: what is refused below is the way out, not the file.
+    write_log(&agent.world, "web-000001b7", "console.log", "SECRET\n");
+    let served = get_ok(&agent, "/v1/instances/web-000001b7/logs", "text/plain").await;
+    assert_eq!(served, b"SECRET\n");
+    // The log file itself leads out.
+    let log = instances.join("web-000001b7/console.log");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(outside.join("console.log"), &log).unwrap();
+    // The instance's directory leads out.
+    std::os::unix::fs::symlink(&outside, instances.join("web-000002a1")).unwrap();
+    for id in ["web-000001b7", "web-000002a1"] {
+        let path = format!("/v1/instances/{id}/logs");
+        for query in ["", "?tail=1", "?follow=true"] {
+            let path = format!("{path}{query}");
+            let body = refused(&agent, Method::GET, &path, 500, None).await;
+            assert!(
+                body.error.contains(&format!("{id}/console.log"))
+                    && body.error.contains("leads outside"),
+                "{path}: {body:?}"
+            );
+            assert!(!body.error.contains("SECRET"), "{path}: {body:?}");
+        }
+    }
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn events_stream_as_json_lines_from_a_sequence_number_and_follow() {
     let agent = Agent::start().await;
@@ -193,10 +304,10 @@ async fn events_stream_as_json_lines_from_a_sequence_number_and_follow() {
     events.record("web", None, EventKind::ServiceScaled { replicas: 2 });
     events.record(
         "web",
-        Some("web-2-a1"),
+        Some("web-000002a1"),
         EventKind::InstanceStarted { generation: 2 },
     );
-    events.record("web", Some("web-2-a1"), EventKind::InstanceHealthy);
+    events.record("web", Some("web-000002a1"), EventKind::InstanceHealthy);
     let body = get_ok(&agent, "/v1/events?since=1", "application/x-ndjson").await;
     let text = String::from_utf8(body).unwrap();
     let lines: Vec<Value> = text
@@ -224,7 +335,7 @@ async fn events_stream_as_json_lines_from_a_sequence_number_and_follow() {
         reason: herd::fleet::EndReason::Exited,
         exit_code: Some(3),
     };
-    events.record("web", Some("web-2-a1"), kind);
+    events.record("web", Some("web-000002a1"), kind);
     let line: Value = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
     assert_eq!(
         (line["seq"].as_u64(), line["exit_code"].as_i64()),
@@ -451,21 +562,21 @@ fn herd_cli(agent: &Agent, args: &[&str]) -> tokio::process::Command {
 #[tokio::test]
 async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event() {
     let agent = Agent::start().await;
-    write_log(&agent.world, "web-1-b7", "console.log", "a\nb\nc\n");
-    let out = herd_cli(&agent, &["logs", "--tail", "2", "web-1-b7"])
+    write_log(&agent.world, "web-000001b7", "console.log", "a\nb\nc\n");
+    let out = herd_cli(&agent, &["logs", "--tail", "2", "web-000001b7"])
         .output()
         .await
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"b\nc\n");
-    let out = herd_cli(&agent, &["logs", "-f", "nope"])
+    let out = herd_cli(&agent, &["logs", "-f", "web-0000dead"])
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(66), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("instance \"nope\" does not exist"),
+        stderr.contains("instance \"web-0000dead\" does not exist"),
         "{stderr}"
     );
 
@@ -491,7 +602,7 @@ async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event(
         let first = next().await;
         // Followed: an event recorded now arrives too.
         let started = EventKind::InstanceStarted { generation: 2 };
-        events.record("web", Some("web-2-a1"), started);
+        events.record("web", Some("web-000002a1"), started);
         let second = next().await;
         if json {
             let v: Value = serde_json::from_str(&first).unwrap();
@@ -500,7 +611,7 @@ async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event(
                 (Some(1), Some("service_scaled"))
             );
             let v: Value = serde_json::from_str(&second).unwrap();
-            assert_eq!(v["instance"], "web-2-a1");
+            assert_eq!(v["instance"], "web-000002a1");
         } else {
             let words: Vec<&str> = first.split_whitespace().collect();
             assert_eq!(
@@ -511,7 +622,13 @@ async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event(
             let words: Vec<&str> = second.split_whitespace().collect();
             assert_eq!(
                 words[1..],
-                ["2", "instance_started", "web", "web-2-a1", "generation=2"],
+                [
+                    "2",
+                    "instance_started",
+                    "web",
+                    "web-000002a1",
+                    "generation=2"
+                ],
                 "{second}"
             );
         }

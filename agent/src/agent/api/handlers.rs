@@ -1,6 +1,6 @@
 //! One handler per service and instance [`Op`] (the others are in `observe` and `images`):
 //! decode the path, query and body into a typed [`Request`], check what is pure to check (the
-//! spec's values, the path/body name agreement, the replica count), send it to the supervisor
+//! names and ids in the path, the spec's values, the path/body name agreement, the replica count), send it to the supervisor
 //! and turn its reply into a status and a JSON body.
 
 use axum::Json;
@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::reject::{Failure, InstancesQuery, JsonBody, PathParam};
+use super::params::{InstanceId, ServiceName};
+use super::reject::{Failure, InstancesQuery, JsonBody};
 use super::routes::{Health, Op, Route, ScaleBody};
 use super::{Backend, images, observe};
 use crate::agent::dispatch::Dispatcher;
@@ -77,13 +78,13 @@ async fn create_service(
     answer(&d, request, StatusCode::CREATED).await
 }
 
-async fn get_service(State(d): State<Dispatcher>, PathParam(name): PathParam) -> Answer {
+async fn get_service(State(d): State<Dispatcher>, ServiceName(name): ServiceName) -> Answer {
     answer(&d, Request::GetService { name }, StatusCode::OK).await
 }
 
 async fn update_service(
     State(d): State<Dispatcher>,
-    PathParam(name): PathParam,
+    ServiceName(name): ServiceName,
     JsonBody(spec): JsonBody<ServiceSpec>,
 ) -> Answer {
     if spec.name != name {
@@ -101,7 +102,7 @@ async fn update_service(
 
 async fn scale_service(
     State(d): State<Dispatcher>,
-    PathParam(name): PathParam,
+    ServiceName(name): ServiceName,
     JsonBody(body): JsonBody<ScaleBody>,
 ) -> Answer {
     if body.replicas > MAX_REPLICAS {
@@ -117,7 +118,7 @@ async fn scale_service(
     answer(&d, request, StatusCode::OK).await
 }
 
-async fn delete_service(State(d): State<Dispatcher>, PathParam(name): PathParam) -> Answer {
+async fn delete_service(State(d): State<Dispatcher>, ServiceName(name): ServiceName) -> Answer {
     answer(&d, Request::DeleteService { name }, StatusCode::OK).await
 }
 
@@ -128,10 +129,10 @@ async fn list_instances(State(d): State<Dispatcher>, query: InstancesQuery) -> A
     answer(&d, request, StatusCode::OK).await
 }
 
-async fn get_instance(State(d): State<Dispatcher>, PathParam(id): PathParam) -> Answer {
+async fn get_instance(State(d): State<Dispatcher>, InstanceId(id): InstanceId) -> Answer {
     answer(&d, Request::GetInstance { id }, StatusCode::OK).await
 }
 
-async fn kill_instance(State(d): State<Dispatcher>, PathParam(id): PathParam) -> Answer {
+async fn kill_instance(State(d): State<Dispatcher>, InstanceId(id): InstanceId) -> Answer {
     answer(&d, Request::KillInstance { id }, StatusCode::OK).await
 }

@@ -16,7 +16,8 @@ use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use super::Backend;
-use super::reject::{Failure, PathParam};
+use super::params::ImageRef;
+use super::reject::Failure;
 use crate::agent::images;
 use crate::agent::supervisor::chain;
 use crate::store::StoreError;
@@ -72,13 +73,13 @@ pub async fn list(State(b): State<Backend>) -> Answer {
 }
 
 /// `GET /v1/images/{ref}`.
-pub async fn inspect(State(b): State<Backend>, PathParam(reference): PathParam) -> Answer {
+pub async fn inspect(State(b): State<Backend>, ImageRef(reference): ImageRef) -> Answer {
     let details = blocking(false, move || images::inspect(&b.home, &reference)).await?;
     Ok(Json(details).into_response())
 }
 
 /// `DELETE /v1/images/{ref}`: refused while a service needs the image it would remove.
-pub async fn remove(State(b): State<Backend>, PathParam(reference): PathParam) -> Answer {
+pub async fn remove(State(b): State<Backend>, ImageRef(reference): ImageRef) -> Answer {
     let (home, r) = (b.home.clone(), reference.clone());
     if let Some(digest) = blocking(false, move || images::digest_removed(&home, &r)).await? {
         let users = b.fleet.borrow().users_of(&digest);

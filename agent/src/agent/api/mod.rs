@@ -13,16 +13,21 @@
 //! - [`images`]: the image routes (store work off the async threads).
 //! - [`stream`]: streamed answers that end when the client leaves or the agent stops.
 //! - [`reject`]: bodies, parameters, unknown routes and methods refused as JSON errors.
-//! - [`socket`]: binding the socket path safely.
+//! - [`socket`]: binding the socket path safely, with its mode and group.
+//! - [`peer`] and [`guard`]: who may connect, checked on each connection before it is read.
+//! - [`params`]: path and query parameters that name things, checked by shape.
 //!
 //! Status codes: 200 with the view, 201 for a created service, 204 when the supervisor only
 //! accepts (a deleted service, a killed instance); 400 bad request (`field` names the JSON
 //! path or parameter), 404 unknown resource or route, 405 wrong method, 409 conflict, 413 body
 //! over 1 MiB (4 GiB for an image import), 415 wrong Content-Type, 500 internal.
 
+pub mod guard;
 pub mod handlers;
 pub mod images;
 pub mod observe;
+pub mod params;
+pub mod peer;
 pub mod reject;
 pub mod routes;
 pub mod socket;
@@ -35,6 +40,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use tokio::sync::watch;
 
+pub use peer::{Peer, PeerPolicy};
 pub use reject::{Failure, MAX_BODY};
 pub use routes::{HttpCall, ROUTES, Route, encode};
 pub use socket::{Bound, SOCKET_MODE, bind};
@@ -121,6 +127,13 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot give {path} to group {gid}")]
+    Group {
+        path: PathBuf,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set the mode of {path}")]
     Mode {
         path: PathBuf,
@@ -152,25 +165,38 @@ pub fn router(backend: Backend) -> Router {
         .with_state(backend)
 }
 
+/// Who may use the API: the socket file's group (the mode lets that group connect) and the
+/// policy every connecting peer's credentials must pass.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// `--socket-group`; `None` leaves the agent's own group.
+    pub socket_group: Option<u32>,
+    pub peers: PeerPolicy,
+}
+
 /// Binds `path` (see [`bind`]) and serves the API until `shutdown` completes.
 pub async fn serve(
     path: &Path,
+    access: Access,
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    serve_on(bind(path).await?, backend, shutdown).await
+    let bound = bind(path, access.socket_group).await?;
+    serve_on(bound, access.peers, backend, shutdown).await
 }
 
-/// Serves the API on an already bound socket, each connection in its own task, until
-/// `shutdown` completes and open requests are answered; then removes the socket file if it
-/// is still this one. Binding first lets the agent refuse to start (another agent is
-/// running) before it touches anything else.
+/// Serves the API on an already bound socket, each connection from a peer `peers` allows in
+/// its own task (others are closed unanswered), until `shutdown` completes and open requests
+/// are answered; then removes the socket file if it is still this one. Binding first lets
+/// the agent refuse to start (another agent is running) before it touches anything else.
 pub async fn serve_on(
     bound: Bound,
+    peers: PeerPolicy,
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let (listener, path, inode) = bound.into_parts();
+    let listener = guard::Guarded::new(listener, peers, backend.requests.clone());
     let closing = backend.closing.clone();
     let shutdown = async move {
         shutdown.await;

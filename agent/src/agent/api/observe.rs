@@ -8,13 +8,15 @@ use axum::http::{header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::reject::{Failure, PathParam, Query};
+use super::params::InstanceId;
+use super::reject::{Failure, Query};
 use super::routes::ROUTES;
 use super::{Backend, stream};
 use crate::agent::events::{self, EventLog};
-use crate::agent::logs::{self, LogFiles, LogsQuery};
+use crate::agent::logs::{self, LogCursor, LogFiles, LogsQuery};
 use crate::agent::metrics;
 use crate::agent::snapshot::FleetWatch;
+use crate::agent::supervisor::chain;
 use crate::agent::types::{self, Request as Call, RequestError};
 use crate::fleet::InstanceStatus;
 
@@ -58,18 +60,25 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
 /// until the instance has ended.
 pub async fn logs(
     State(b): State<Backend>,
-    PathParam(id): PathParam,
+    InstanceId(id): InstanceId,
     LogsParams(q): LogsParams,
 ) -> Result<Response, Failure> {
     let info = match b.dispatcher.call(Call::GetInstance { id }).await? {
         types::Response::Instance(info) => info,
         other => return Err(unexpected(&other).into()),
     };
-    let files = LogFiles::in_dir(&b.instances_dir.join(&info.id));
+    // Opened before answering, so a log that cannot be read (or is refused: a symlink
+    // leading out of the instances directory) is an error, not an empty 200.
+    let (dir, id) = (b.instances_dir.clone(), info.id.clone());
+    let cursor =
+        tokio::task::spawn_blocking(move || LogFiles::of(&dir, &id).and_then(LogCursor::open))
+            .await
+            .map_err(|e| RequestError::Internal(format!("the log task failed: {e}")))?
+            .map_err(|e| RequestError::Internal(chain(&e)))?;
     let until = (q.follow && info.status != InstanceStatus::Exited)
         .then(|| ended(b.fleet.clone(), info.id));
     Ok(stream::response(TEXT, b.closing(), move |tx| {
-        logs::stream(files, q.tail, until, tx)
+        logs::stream(cursor, q.tail, until, tx)
     }))
 }
 
@@ -107,7 +116,7 @@ pub async fn events(State(b): State<Backend>, q: EventsParams) -> Response {
 /// `GET /metrics`.
 pub async fn metrics(State(b): State<Backend>) -> Response {
     let fleet = b.fleet.borrow().clone();
-    let text = metrics::render(&fleet, &b.requests.get());
+    let text = metrics::render(&fleet, &b.requests.get(), b.requests.peers_denied());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

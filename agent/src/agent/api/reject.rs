@@ -180,7 +180,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
-/// The query of `GET /v1/instances`: only `service`, at most once.
+/// The query of `GET /v1/instances`: only `service` (a service name), at most once.
 pub struct InstancesQuery {
     pub service: Option<String>,
 }
@@ -195,7 +195,9 @@ impl<S: Send + Sync> FromRequestParts<S> for InstancesQuery {
         let mut service = None;
         for (key, value) in pairs.0 {
             match key.as_str() {
-                "service" if service.is_none() => service = Some(value),
+                "service" if service.is_none() => {
+                    service = Some(super::params::service_name("service", value)?);
+                }
                 "service" => {
                     return Err(Failure::bad_request("service is given twice", Some(key)));
                 }

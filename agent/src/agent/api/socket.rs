@@ -1,6 +1,6 @@
 //! The agent's Unix socket: taking the path over safely (a socket left by an agent that died
 //! is replaced, one a live agent answers on is not, and anything that is not a socket is never
-//! deleted), its mode, and removing it on the way out only if it is still ours.
+//! deleted), its mode and group, and removing it on the way out only if it is still ours.
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::ApiError;
 
-/// Mode of the socket: the owner and its group may use the API.
+/// Mode of the socket: the owner and its group may connect (and then must pass the peer
+/// policy, see `peer`).
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// A bound socket, and which file it is, to remove it only if still ours.
@@ -31,8 +32,9 @@ impl Bound {
     }
 }
 
-/// Binds `path`: creates its directory, replaces a stale socket, refuses a live one.
-pub async fn bind(path: &Path) -> Result<Bound, ApiError> {
+/// Binds `path`: creates its directory, replaces a stale socket, refuses a live one; gives
+/// the socket to `group` (its owner stays the agent's user), then mode [`SOCKET_MODE`].
+pub async fn bind(path: &Path, group: Option<u32>) -> Result<Bound, ApiError> {
     let at = || path.to_owned();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ApiError::Dir {
@@ -43,6 +45,14 @@ pub async fn bind(path: &Path) -> Result<Bound, ApiError> {
     remove_if_stale(path).await?;
     let listener =
         UnixListener::bind(path).map_err(|source| ApiError::Bind { path: at(), source })?;
+    // The group first: until the mode is set, the new group has only what the umask left it.
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| ApiError::Group {
+            path: at(),
+            gid,
+            source,
+        })?;
+    }
     let perms = std::fs::Permissions::from_mode(SOCKET_MODE);
     std::fs::set_permissions(path, perms)
         .map_err(|source| ApiError::Mode { path: at(), source })?;
