@@ -47,6 +47,9 @@ struct Args {
     /// Launch herd-vmm alone without `--cpuid-cache` (each VM asks KVM for its CPUID).
     #[arg(long)]
     no_cpuid_cache: bool,
+    /// Run the agent with `--no-jail` (its instances unjailed), to measure what the jail costs.
+    #[arg(long)]
+    no_jail: bool,
     /// Skip launching through the agent (herd-vmm alone only).
     #[arg(long)]
     no_agent_launch: bool,
@@ -123,6 +126,11 @@ fn report_launch(l: &Launch) -> anyhow::Result<serde_json::Value> {
 /// A launch's name and every guest's boot time in it, ms.
 type BootTimes = (String, Vec<f64>);
 
+/// The agent's flags for `--no-jail`.
+fn jail_flags(args: &Args) -> &'static [&'static str] {
+    if args.no_jail { &["--no-jail"] } else { &[] }
+}
+
 /// Runs every launch; returns their JSON and, per way in and count, every guest's boot time.
 fn launches(
     args: &Args,
@@ -145,7 +153,7 @@ fn launches(
     if args.no_agent_launch {
         return Ok((out, under_load));
     }
-    let agent = Agent::start(bin, vmm, &[])?;
+    let agent = Agent::start(bin, vmm, jail_flags(args))?;
     let image = build_probe_image(bin, agent.home.path(), "1", QUIET_HALT)?;
     for &count in &args.counts {
         let mut all = Vec::new();
@@ -168,7 +176,9 @@ fn launches(
 }
 
 fn density(args: &Args, bin: &Path, vmm: &Path) -> anyhow::Result<Vec<density::Step>> {
-    let agent = Agent::start(bin, vmm, &["--subnet", "172.31.0.0/22"])?;
+    let mut flags = vec!["--subnet", "172.31.0.0/22"];
+    flags.extend(jail_flags(args));
+    let agent = Agent::start(bin, vmm, &flags)?;
     let image = build_probe_image(bin, agent.home.path(), "1", QUIET_HALT)?;
     let plan = density::Plan {
         max: args.max,
