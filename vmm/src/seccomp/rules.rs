@@ -88,8 +88,9 @@ fn runtime(rules: &mut Rules) -> Result<(), BackendError> {
     for call in [libc::SYS_mmap, libc::SYS_mprotect] {
         rules.insert(call, vec![SeccompRule::new(vec![no_exec()?])?]);
     }
-    // A panic aborts the process with SIGABRT to itself.
+    // A panic aborts the process with SIGABRT to itself (glibc: tgkill, musl: tkill).
     allow_arg_in(rules, libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])?;
+    allow_arg_in(rules, libc::SYS_tkill, 1, &[libc::SIGABRT as u64])?;
     let fcntl_cmds = [libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL];
     allow_arg_in(rules, libc::SYS_fcntl, 1, &fcntl_cmds.map(|c| c as u64))
 }
