@@ -1,5 +1,6 @@
 //! The only home of raw system calls (`unsafe`): process clocks, signal delivery into the
-//! event loop, KVM memory-slot registration, the host's entropy (`getrandom`) and TAP devices.
+//! event loop, KVM memory-slot registration, the host's entropy (`getrandom`), TAP devices,
+//! and the jail's namespaces, mounts, credentials and limits.
 //! Everything above uses these safe wrappers.
 
 pub mod jail;
