@@ -49,6 +49,13 @@ async fn attempt(kind: &ProbeKind, target: &Target<'_>) -> std::io::Result<bool>
 }
 
 async fn vsock(socket: &Path, port: u32) -> std::io::Result<bool> {
+    // The socket lies in a directory the jailed herd-vmm owns: connect only to a socket
+    // there, never through a link it may have put in its place (seccomp already keeps it
+    // from making links; this is the second wall).
+    let kind = tokio::fs::symlink_metadata(socket).await?.file_type();
+    if !std::os::unix::fs::FileTypeExt::is_socket(&kind) {
+        return Ok(false);
+    }
     let stream = UnixStream::connect(socket).await?;
     let mut stream = BufReader::new(stream);
     stream
@@ -133,6 +140,14 @@ mod tests {
         let missing = dir.path().join("missing");
         let target = Target {
             vsock_socket: &missing,
+            address: None,
+        };
+        assert!(!probe(&kind, &target, t).await);
+        // A link in the socket's place is not followed, even to a guest that would pass.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("ok"), &link).unwrap();
+        let target = Target {
+            vsock_socket: &link,
             address: None,
         };
         assert!(!probe(&kind, &target, t).await);

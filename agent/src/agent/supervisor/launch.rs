@@ -255,10 +255,22 @@ fn boot_plan(
     }
 }
 
+/// How much of herd-vmm's log is searched for the boot-time line (it comes early).
+const BOOT_LINE_WITHIN: u64 = 64 * 1024;
+
 /// Milliseconds from herd-vmm's start to the guest's boot-complete signal, from the line
-/// herd-vmm logs (`Guest-boot-time = N us ...`).
+/// herd-vmm logs (`Guest-boot-time = N us ...`). The log lies in a directory the jailed
+/// process owns, so it is opened confined beneath it, must be a regular file, and only its
+/// start is read: a name swapped for a link out or a device file is not followed.
 pub fn boot_time_ms(vmm_log: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(vmm_log).ok()?;
+    let (dir, name) = (vmm_log.parent()?, vmm_log.file_name()?);
+    let file = crate::confine::open_beneath(dir, Path::new(name)).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, BOOT_LINE_WITHIN), &mut text)
+        .ok()?;
     let rest = text.split("Guest-boot-time = ").nth(1)?;
     let us: u64 = rest.split_whitespace().next()?.parse().ok()?;
     Some(us / 1000)
@@ -279,6 +291,16 @@ mod tests {
         .unwrap();
         assert_eq!(boot_time_ms(&log), Some(12));
         std::fs::write(&log, "nothing yet\n").unwrap();
+        assert_eq!(boot_time_ms(&log), None);
+        // Swapped for a link out of the directory, or for a directory: not followed.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere.log");
+        std::fs::write(&target, "INFO Guest-boot-time = 5000 us\n").unwrap();
+        std::fs::remove_file(&log).unwrap();
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        assert_eq!(boot_time_ms(&log), None);
+        std::fs::remove_file(&log).unwrap();
+        std::fs::create_dir(&log).unwrap();
         assert_eq!(boot_time_ms(&log), None);
     }
 }
