@@ -83,9 +83,10 @@ pub unsafe fn touch_pages(start: u64, end: u64) {
     let mut addr = start & !0xfff;
     while addr < end {
         let p = addr as *mut u8;
-        // SAFETY: the caller guarantees the page is mapped RAM; the byte is written back
-        // with the value just read.
-        unsafe { p.write_volatile(p.read_volatile()) };
+        // SAFETY: the caller guarantees the page is mapped RAM.
+        let byte = unsafe { p.read_volatile() };
+        // SAFETY: as above; the byte gets back the value it had.
+        unsafe { p.write_volatile(byte) };
         addr += 0x1000;
     }
 }
