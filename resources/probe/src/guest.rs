@@ -54,10 +54,10 @@ fn touch_all(con: &mut impl Sink) {
 /// Checks the 8 RAM bytes at `addr` (aligned, RAM per the memory map), mapping them first
 /// if they are above 4 GiB.
 fn memcheck(addr: u64) -> bool {
+    RAM_TOP.store(addr + 8, Ordering::Relaxed);
     // SAFETY: the flow passes an aligned address inside a RAM entry of the memory map, and
     // it is mapped (checked just before). The slices of guest memory the flow read earlier
     // (command line, initrd) are no longer used when it calls us, and the old value is put
     // back.
-    RAM_TOP.store(addr + 8, Ordering::Relaxed);
     paging::map(addr) && unsafe { hw::memcheck(addr) }
 }
