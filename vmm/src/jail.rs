@@ -61,12 +61,22 @@ pub fn enter(jail: &JailConfig) -> Result<Side, JailError> {
             .map_err(|e| JailError::Cgroup(cgroup.clone(), e))?;
     }
     sys::unshare_namespaces().map_err(step("create namespaces"))?;
+    let (watch, alive) = sys::parent_watch_pipe().map_err(step("create the parent's pipe"))?;
     match sys::fork().map_err(step("fork the jailed process"))? {
         Forked::Parent { child } => {
+            // Held open until this process ends: the child watches for its closing.
+            std::mem::forget(alive);
+            drop(watch);
             sys::relay_stop_signals(child).map_err(step("relay stop signals"))?;
             Ok(Side::Parent(child))
         }
         Forked::Child => {
+            drop(alive);
+            sys::die_with_parent().map_err(step("tie the jailed process to its parent"))?;
+            if sys::parent_gone(&watch).map_err(step("watch the parent"))? {
+                let gone = io::Error::other("it ended before the jail was set");
+                return Err(JailError::Step("run without the parent process", gone));
+            }
             confine(jail)?;
             Ok(Side::Jailed)
         }
@@ -74,7 +84,6 @@ pub fn enter(jail: &JailConfig) -> Result<Side, JailError> {
 }
 
 fn confine(jail: &JailConfig) -> Result<(), JailError> {
-    sys::die_with_parent().map_err(step("tie the jailed process to its parent"))?;
     sys::make_mounts_private().map_err(step("make mounts private"))?;
     sys::bind_onto_itself(&jail.root).map_err(step("bind-mount the jail directory"))?;
     std::env::set_current_dir(&jail.root).map_err(step("enter the jail directory"))?;

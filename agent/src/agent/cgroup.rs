@@ -171,6 +171,19 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Removes the agent's group of instance groups if no instance group is left in it (an
+    /// agent stopping with instances running leaves it for the next agent).
+    pub fn remove_group_if_empty(&self) {
+        let groups = match self {
+            Self::V2 { group } => vec![group.clone()],
+            Self::V1 { memory, cpu, pids } => vec![memory.clone(), cpu.clone(), pids.clone()],
+        };
+        for group in groups {
+            // rmdir fails on a group with child groups, which is what keeps them.
+            let _ = std::fs::remove_dir(group);
+        }
+    }
+
     /// Groups of instances not in `live` (left by a crash): removed.
     pub fn sweep(&self, live: &dyn Fn(&str) -> bool) {
         let parents = match self {
@@ -314,5 +327,12 @@ mod tests {
         cgroups.sweep(&|id| id == "live-1");
         assert!(cgroups.dirs("live-1").iter().all(|d| d.exists()));
         assert!(cgroups.dirs("dead-1").iter().all(|d| !d.exists()));
+        // The agent's group stays while an instance's group is in it, and goes after.
+        let group = mount.path().join("memory/herd-1");
+        cgroups.remove_group_if_empty();
+        assert!(group.exists());
+        cgroups.sweep(&|_| false);
+        cgroups.remove_group_if_empty();
+        assert!(!group.exists());
     }
 }

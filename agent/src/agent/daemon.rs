@@ -59,6 +59,8 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
     } else {
         Some(Bridge::ensure(&args.bridge, args.subnet)?)
     };
+    let jail = jail_settings(&args, &state_dir)?;
+    let cgroups = jail.as_ref().map(|j| j.cgroups.clone());
     let settings = Settings {
         home: home.to_owned(),
         vmm: args.vmm_path()?,
@@ -68,7 +70,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
             console_log_max_bytes: args.log_max_bytes,
             pvm: Path::new("/sys/module/kvm_pvm").exists(),
             cpuid_cache: state_dir.clone(),
-            jail: jail_settings(&args, &state_dir)?,
+            jail,
         },
         keep_ended_ms: args.log_keep_ms,
     };
@@ -77,7 +79,12 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(settings, db, &args.socket_path(), args.access()))
+    let served = runtime.block_on(serve(settings, db, &args.socket_path(), args.access()));
+    // Instances outlive the agent and keep their groups; only an empty group goes.
+    if let Some(cgroups) = cgroups {
+        cgroups.remove_group_if_empty();
+    }
+    served
 }
 
 /// How instances are jailed, unless `--no-jail`: the cgroup hierarchy is found and prepared.

@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -49,6 +50,33 @@ pub fn fork() -> io::Result<Forked> {
         0 => Ok(Forked::Child),
         child => Ok(Forked::Parent { child }),
     }
+}
+
+/// A pipe whose write end only the parent keeps open: once the parent has ended, the read
+/// end reports hang-up. It closes the gap `die_with_parent` leaves (a parent that ends before
+/// the child asks to die with it).
+pub fn parent_watch_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a live array of two ints the kernel fills in.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((read, write))
+}
+
+/// Whether every write end of the pipe `read` belongs to is closed (the parent has ended),
+/// without waiting.
+pub fn parent_gone(read: &OwnedFd) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, a zero timeout.
+    check(unsafe { libc::poll(&mut poll, 1, 0) })?;
+    Ok(poll.revents & libc::POLLHUP != 0)
 }
 
 /// The kernel sends SIGKILL to this process when the process that forked it ends.
