@@ -259,3 +259,27 @@ fn jail_settings_that_would_leak_or_run_as_root_are_refused_naming_them() {
     assert_eq!(no_uid.code(), 64, "{no_uid:#?}");
     assert!(no_uid.stderr.contains("--jail-uid"), "{no_uid:#?}");
 }
+
+#[test]
+fn killing_the_parent_kills_the_jailed_vmm() {
+    if !kvm_available("killing_the_parent_kills_the_jailed_vmm") {
+        return;
+    }
+    let dir = jail_dir();
+    let mut vm = jailed(dir.path())
+        .cmdline("probe.end=halt")
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    vm.wait_for_line("probe: done");
+    let child = jailed_child(&vm);
+    // The agent kills an instance that must go now with SIGKILL to the pid it started.
+    vm.signal("KILL");
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{child}")).exists() {
+        assert!(
+            std::time::Instant::now() < gone,
+            "jailed process {child} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

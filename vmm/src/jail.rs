@@ -72,15 +72,23 @@ pub fn enter(jail: &JailConfig) -> Result<Side, JailError> {
         }
         Forked::Child => {
             drop(alive);
-            sys::die_with_parent().map_err(step("tie the jailed process to its parent"))?;
-            if sys::parent_gone(&watch).map_err(step("watch the parent"))? {
-                let gone = io::Error::other("it ended before the jail was set");
-                return Err(JailError::Step("run without the parent process", gone));
-            }
+            tie_to_parent(&watch)?;
             confine(jail)?;
+            // Changing credentials cleared the parent-death signal: ask again, check again.
+            tie_to_parent(&watch)?;
             Ok(Side::Jailed)
         }
     }
+}
+
+/// Asks to be killed when the parent ends, then makes sure it has not ended already.
+fn tie_to_parent(watch: &std::os::fd::OwnedFd) -> Result<(), JailError> {
+    sys::die_with_parent().map_err(step("tie the jailed process to its parent"))?;
+    if sys::parent_gone(watch).map_err(step("watch the parent"))? {
+        let gone = io::Error::other("it ended before the jail was set");
+        return Err(JailError::Step("run without the parent process", gone));
+    }
+    Ok(())
 }
 
 fn confine(jail: &JailConfig) -> Result<(), JailError> {
