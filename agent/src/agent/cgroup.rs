@@ -171,14 +171,18 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The agent's group of instance groups: one directory on v2, one per controller on v1.
+    fn groups(&self) -> Vec<PathBuf> {
+        match self {
+            Self::V2 { group } => vec![group.clone()],
+            Self::V1 { memory, cpu, pids } => vec![memory.clone(), cpu.clone(), pids.clone()],
+        }
+    }
+
     /// Removes the agent's group of instance groups if no instance group is left in it (an
     /// agent stopping with instances running leaves it for the next agent).
     pub fn remove_group_if_empty(&self) {
-        let groups = match self {
-            Self::V2 { group } => vec![group.clone()],
-            Self::V1 { memory, cpu, pids } => vec![memory.clone(), cpu.clone(), pids.clone()],
-        };
-        for group in groups {
+        for group in self.groups() {
             // rmdir fails on a group with child groups, which is what keeps them.
             let _ = std::fs::remove_dir(group);
         }
@@ -186,12 +190,8 @@ impl Cgroups {
 
     /// Groups of instances not in `live` (left by a crash): removed.
     pub fn sweep(&self, live: &dyn Fn(&str) -> bool) {
-        let parents = match self {
-            Self::V2 { group } => vec![group.clone()],
-            Self::V1 { memory, cpu, pids } => vec![memory.clone(), cpu.clone(), pids.clone()],
-        };
         let mut stale = std::collections::BTreeSet::new();
-        for parent in parents {
+        for parent in self.groups() {
             for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if entry.path().is_dir() && !live(&name) {
