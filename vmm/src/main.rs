@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_vmm::config::{
-    ConfigError, DriveConfig, RawJailConfig, RawVmConfig, VmConfig, parse_net_flag,
+    ConfigError, DriveConfig, RawJailConfig, RawVmConfig, RestoreSource, VmConfig, parse_net_flag,
     parse_vsock_flag, read_config_file,
 };
 use herd_vmm::devices::legacy::BootClock;
 use herd_vmm::jail::{self, JailError, Side};
+use herd_vmm::restore::{self, RestoreError};
 use herd_vmm::seccomp::SeccompMode;
+use herd_vmm::snapshot::{self, Snapshot, SnapshotError};
 use herd_vmm::stop::StopReason;
 use herd_vmm::vmm::{HostInputs, Vmm, exit_code};
 use herd_vmm::{host, logging, vstate};
@@ -23,7 +25,7 @@ use vmm_sys_util::terminal::Terminal;
 #[command(name = "herd-vmm", version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// Guest kernel: ELF vmlinux (PVH note or 64-bit entry) or bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "config_file")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config_file", "restore"])]
     kernel: Option<PathBuf>,
     /// Initial ramdisk (e.g. a newc cpio archive); repeat to append more parts, which the
     /// guest sees concatenated (4-byte aligned) as one initrd.
@@ -118,6 +120,25 @@ struct Cli {
     /// (audit type 1326), to find what a new code path needs.
     #[arg(long, conflicts_with = "no_seccomp")]
     seccomp_audit: bool,
+    /// Answer pause, resume, status and snapshot requests (one JSON line each) on this Unix
+    /// socket; see docs/snapshots.md. Removed on exit.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Resume the snapshot in DIR (written by a `snapshot` request) instead of booting: the
+    /// machine, the devices' guest-visible settings and the memory (mapped copy-on-write,
+    /// not copied) come from it; give --net, --disk and --vsock again for its devices, with
+    /// new host-side names if you like. The guest is told its new identity on the control
+    /// port.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "config_file", "initrd", "cmdline", "vcpus", "memory", "entropy", "map_boot_files"]
+    )]
+    restore: Option<PathBuf>,
+    /// With --restore: a JSON object (at most 3 KiB) whose members are added to the
+    /// guest's `restored` line (e.g. instance_id, hostname, network).
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    identity: Option<PathBuf>,
     /// Log level for herd-vmm's own messages (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -128,13 +149,47 @@ Exit status: the byte the guest wrote to port 0xf4; 0 after a guest reset; 130/1
 SIGINT/SIGTERM; 64 bad usage, 65 unusable input file, 66 missing file, 69 no usable KVM,
 70 internal error, 77 permission denied, 80 guest crashed (see docs/guest-interface.md).";
 
-fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
+/// What `main` needs to start: the config, and the snapshot when restoring.
+struct Start {
+    config: VmConfig,
+    snapshot: Option<Snapshot>,
+}
+
+/// Reads the snapshot's state for `--restore` and fills the config from it.
+fn resolve_start(cli: Cli) -> Result<Start, StartError> {
+    let Some(dir) = cli.restore.clone() else {
+        return Ok(Start {
+            config: resolve_config(cli, None)?,
+            snapshot: None,
+        });
+    };
+    let snapshot = snapshot::read_state(&dir)?;
+    let config = resolve_config(cli, Some(&snapshot))?;
+    Ok(Start {
+        config,
+        snapshot: Some(snapshot),
+    })
+}
+
+/// Errors before anything is opened.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot restore the snapshot")]
+    Restore(#[from] RestoreError),
+}
+
+fn resolve_config(cli: Cli, snapshot: Option<&Snapshot>) -> Result<VmConfig, StartError> {
     let drives = cli
         .disk
         .iter()
         .enumerate()
         .map(|(i, d)| DriveConfig::from_flag(d, i))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::from)?;
     let mut raw = match &cli.config_file {
         Some(path) => read_config_file(path)?,
         None => RawVmConfig {
@@ -152,9 +207,11 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
                 .iter()
                 .enumerate()
                 .map(|(i, spec)| parse_net_flag(i, spec))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(ConfigError::from)?,
             drives,
-            vsock: cli.vsock.as_deref().map(parse_vsock_flag).transpose()?,
+            vsock: (cli.vsock.as_deref().map(parse_vsock_flag).transpose())
+                .map_err(ConfigError::from)?,
             ..RawVmConfig::default()
         },
     };
@@ -175,18 +232,32 @@ fn resolve_config(cli: Cli) -> Result<VmConfig, ConfigError> {
         (_, true) => SeccompMode::Audit,
         _ => SeccompMode::Kill,
     };
-    raw.validate(host::memory_mib())
+    raw.api_socket = cli.api_socket;
+    if let (Some(s), Some(dir)) = (snapshot, cli.restore) {
+        restore::apply_snapshot(&mut raw, s)?;
+        raw.restore = Some(RestoreSource {
+            dir,
+            identity: cli.identity,
+        });
+    }
+    Ok(raw.validate(host::memory_mib())?)
 }
 
-fn config_exit_code(err: &ConfigError) -> i32 {
+fn start_exit_code(err: &StartError) -> i32 {
+    let io_code = |e: &std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => exit_code::NO_INPUT,
+        std::io::ErrorKind::PermissionDenied => exit_code::NO_PERM,
+        _ => exit_code::DATA,
+    };
     match err {
-        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::NotFound => {
-            exit_code::NO_INPUT
-        }
-        ConfigError::ReadFile(_, e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            exit_code::NO_PERM
-        }
-        _ => exit_code::USAGE,
+        StartError::Config(ConfigError::ReadFile(_, e)) => match io_code(e) {
+            exit_code::DATA => exit_code::USAGE,
+            code => code,
+        },
+        StartError::Config(_) => exit_code::USAGE,
+        StartError::Snapshot(SnapshotError::Read(_, e)) => io_code(e),
+        StartError::Snapshot(_) => exit_code::DATA,
+        StartError::Restore(_) => exit_code::USAGE,
     }
 }
 
@@ -239,13 +310,17 @@ fn prepare(config: &VmConfig) -> Result<HostInputs, i32> {
     }
 }
 
-fn run(config: &VmConfig) -> i32 {
+fn run(config: &VmConfig, snapshot: Option<&Snapshot>) -> i32 {
     let clock = BootClock::now();
     let inputs = match prepare(config) {
         Ok(inputs) => inputs,
         Err(status) => return status,
     };
-    let vmm = match Vmm::build(config, clock, inputs) {
+    let built = match snapshot {
+        None => Vmm::build(config, clock, inputs),
+        Some(s) => Vmm::restore(config, clock, inputs, s),
+    };
+    let vmm = match built {
         Ok(vmm) => vmm,
         Err(e) => {
             report(&e);
@@ -284,11 +359,11 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&cli.log_level);
-    let config = match resolve_config(cli) {
-        Ok(config) => config,
+    let start = match resolve_start(cli) {
+        Ok(start) => start,
         Err(e) => {
             report(&e);
-            return ExitCode::from(config_exit_code(&e) as u8);
+            return ExitCode::from(start_exit_code(&e) as u8);
         }
     };
     if vstate::vm::host_is_pvm() {
@@ -296,6 +371,6 @@ fn main() -> ExitCode {
             "/dev/kvm is PVM (software virtualization): guest kernel code runs emulated, so stock Linux guests boot slowly and cannot start user space"
         );
     }
-    let status = run(&config);
+    let status = run(&start.config, start.snapshot.as_ref());
     ExitCode::from(status as u8)
 }

@@ -12,6 +12,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::api::ApiServer;
 use crate::arch::x86_64::boot::{self, BootError};
 use crate::arch::x86_64::layout::{BOOT_TIMER_ADDR, COM1_IRQ, COM2_IRQ};
 use crate::arch::x86_64::mptable::{self, MptableError};
@@ -20,27 +21,37 @@ use crate::boot_files;
 use crate::bus::{BusError, IoBuses};
 use crate::config::{ConfigError, ConsoleOutput, KernelCmdline, VmConfig};
 use crate::console_log::{ConsoleLogError, RotatingFile};
+use crate::control::{Controller, VmParts};
 use crate::devices::legacy::boot_timer::BOOT_TIMER_LEN;
 use crate::devices::legacy::exit_port::EXIT_PORT;
 use crate::devices::legacy::i8042::{I8042_BASE, I8042_LEN};
+use crate::devices::legacy::serial::SerialSnapshot;
 use crate::devices::legacy::serial::{COM1_BASE, COM1_LEN, COM2_BASE, ConsoleWriter};
 use crate::devices::legacy::{BootClock, BootTimer, ExitPort, I8042, SerialDevice};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::mmio::attach::{self, AttachError, VirtioSlot};
 use crate::devices::virtio::mmio::notify::QueueNotifier;
+use crate::devices::virtio::mmio::state::SavedTransport;
 use crate::devices::virtio::net::{Net, NetSettings};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{MuxerError, Vsock};
 use crate::event_loop::{ConsoleInput, StopWatcher};
 pub use crate::inputs::HostInputs;
+use crate::restore::{self, RestoreError};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
+use crate::snapshot::identity::{IdentityError, IdentityMembers};
+use crate::snapshot::{self, CpuModel, DeviceKind, Machine, Snapshot};
 use crate::stop::{StopReason, VmStop};
 use crate::sys::memory::{peak_rss_kib, resident_bytes};
 use crate::sys::tap::{Tap, TapError};
+use crate::vstate;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use kvm_bindings::CpuId;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -111,14 +122,25 @@ pub enum VmmError {
     ConsoleLog(#[from] ConsoleLogError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error("cannot restore the snapshot")]
+    Restore(#[source] RestoreError),
+    #[error(transparent)]
+    Identity(IdentityError),
 }
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    vm: Vm,
+    vm: Arc<Vm>,
     vcpus: Vec<Vcpu>,
     io: Arc<IoBuses>,
     serial: Arc<Mutex<SerialDevice>>,
+    control_port: Arc<Mutex<SerialDevice>>,
+    /// The virtio devices in slot order, with what they are (for snapshots).
+    devices: Vec<(DeviceKind, Arc<Mutex<MmioTransport>>)>,
+    machine: Machine,
+    cpu: CpuModel,
+    /// The control socket, served once the vCPUs run.
+    api: Option<UnixListener>,
     stop: Arc<VmStop>,
     events: EventManager<Box<dyn MutEventSubscriber + Send>>,
     /// Listening sockets to remove when the VMM ends (the devices that own them may outlive
@@ -157,51 +179,120 @@ impl Vmm {
         clock: BootClock,
         inputs: HostInputs,
     ) -> Result<Self, VmmError> {
+        Self::assemble(config, clock, inputs, None)
+    }
+
+    /// Builds the VM `snapshot` describes (`config` was filled from it by
+    /// [`crate::restore::apply_snapshot`]), its memory mapped from the snapshot's memory file,
+    /// ready to resume where it was paused; the guest is told its new identity.
+    pub fn restore(
+        config: &VmConfig,
+        clock: BootClock,
+        inputs: HostInputs,
+        snapshot: &Snapshot,
+    ) -> Result<Self, VmmError> {
+        Self::assemble(config, clock, inputs, Some(snapshot))
+    }
+
+    fn assemble(
+        config: &VmConfig,
+        clock: BootClock,
+        inputs: HostInputs,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Self, VmmError> {
         let mut phases = Phases::new(clock.wall);
         phases.mark("open");
         let HostInputs {
             kvm,
             cpuid,
-            mut kernel,
+            kernel,
             initrds,
+            restore,
             disks,
             taps,
             stop_signals,
         } = inputs;
         let (mem_bytes, vcpu_count) = (config.memory.bytes(), config.vcpus.get());
         let virtio = plan_virtio(config, disks, taps)?;
+        let kinds: Vec<DeviceKind> = virtio.devices.iter().map(|d| d.kind.clone()).collect();
+        if let Some(s) = snapshot {
+            restore::check_host(s, &cpuid, &kinds).map_err(VmmError::Restore)?;
+        }
+        let (memory_file, identity) =
+            restore.map_or((None, None), |r| (Some(r.memory), r.identity));
         let vm = Vm::new(kvm, mem_bytes, vcpu_count)?;
         phases.mark("vm");
-        let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel, initrds)?;
+        let vcpus = match (snapshot, &memory_file, kernel) {
+            (Some(s), Some(memory), _) => resume_guest(&vm, s, memory)?,
+            (_, _, Some(mut kernel)) => {
+                let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel, initrds)?;
+                create_vcpus(&vm, vcpu_count, entry, &cpuid)?
+            }
+            _ => unreachable!("HostInputs opens a kernel unless it restores"),
+        };
         phases.mark("load");
-        let vcpus = create_vcpus(&vm, vcpu_count, entry, &cpuid)?;
-        phases.mark("vcpus");
         let stop = Arc::new(VmStop::new().map_err(|e| VmmError::EventFd("stop", e))?);
         let console = open_console(&config.console)?;
-        let (mut io, ports) = wire_devices(&vm, &stop, clock, console)?;
-        let notifiers = wire_virtio(&vm, &mut io, virtio)?;
+        let saved_ports = snapshot.map(|s| (&s.console, &s.control));
+        let (mut io, ports) = wire_devices(&vm, &stop, clock, console, saved_ports)?;
+        let saved_devices = snapshot.map(|s| s.devices.iter().map(|d| &d.transport).collect());
+        let notifiers = wire_virtio(&vm, &mut io, virtio, saved_devices)?;
+        let devices: Vec<_> = kinds
+            .into_iter()
+            .zip(notifiers.iter().map(|n| n.transport()))
+            .collect();
+        if snapshot.is_some() {
+            resume_devices(&devices, &ports.control, identity.as_ref())?;
+        }
+        let api = config
+            .api_socket
+            .as_deref()
+            .map(bind_api_socket)
+            .transpose()?;
         let events = event_loop(&ports, &stop, config.stop_grace, notifiers, stop_signals)?;
-        let serial = ports.console;
         phases.mark("devices");
         tracing::debug!(%phases, "VM built");
+        let mut socket_files: Vec<PathBuf> =
+            config.vsock.iter().map(|v| v.uds_path.clone()).collect();
+        socket_files.extend(config.api_socket.clone());
         Ok(Self {
-            vm,
+            machine: Machine {
+                vcpus: vcpu_count,
+                memory_mib: config.memory.mib(),
+                cmdline: config.cmdline.as_str().to_owned(),
+            },
+            cpu: CpuModel::from_cpuid(cpuid.as_slice()),
+            vm: Arc::new(vm),
             vcpus,
             io: Arc::new(io),
-            serial,
+            serial: ports.console,
+            control_port: ports.control,
+            devices,
+            api,
             stop,
             events,
-            socket_files: config.vsock.iter().map(|v| v.uds_path.clone()).collect(),
+            socket_files,
             seccomp: Filters::build(config.seccomp)?,
         })
     }
 
     /// Runs the VM until it stops; returns why.
     pub fn run(mut self) -> Result<StopReason, VmmError> {
-        let mut threads = Vec::with_capacity(self.vcpus.len());
+        crate::sys::kick::install_kick_handler().map_err(VmmError::Signals)?;
+        let mut handles = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
-            threads.push(vcpu.start(self.io.clone(), self.stop.clone(), self.seccomp.clone())?);
+            handles.push(vcpu.start(self.io.clone(), self.stop.clone(), self.seccomp.clone())?);
         }
+        // Without a control socket the handles only keep the vCPU threads' channels open.
+        let _unserved = match self.api.take() {
+            Some(listener) => {
+                let controller = Controller::new(self.parts(), handles);
+                self.events
+                    .add_subscriber(Box::new(ApiServer::new(listener, controller)));
+                None
+            }
+            None => Some(handles),
+        };
         if let Some(filters) = &self.seccomp {
             filters.install(ThreadKind::EventLoop)?;
         }
@@ -217,12 +308,23 @@ impl Vmm {
         }
         // vCPU threads still inside KVM_RUN (application processors the guest never started,
         // or a guest spinning) end with the process; nothing of theirs needs saving.
-        drop(threads);
         Ok(reason)
     }
 }
 
 impl Vmm {
+    /// What the controller needs to snapshot the VM.
+    fn parts(&self) -> VmParts {
+        VmParts {
+            vm: self.vm.clone(),
+            machine: self.machine.clone(),
+            cpu: self.cpu.clone(),
+            console: self.serial.clone(),
+            control: self.control_port.clone(),
+            devices: self.devices.clone(),
+        }
+    }
+
     /// Logs peak RSS and how much of it is guest memory, so benchmarks can tell the VMM's own
     /// overhead apart.
     fn log_memory_use(&self) {
@@ -377,12 +479,17 @@ fn serial_port(
     vm: &Vm,
     irq: u32,
     out: ConsoleWriter,
+    saved: Option<&SerialSnapshot>,
 ) -> Result<Arc<Mutex<SerialDevice>>, VmmError> {
     let evt = eventfd("serial interrupt")?;
     vm.fd
         .register_irqfd(&evt, irq)
         .map_err(|e| VmmError::Irqfd(irq, e))?;
-    Ok(Arc::new(Mutex::new(SerialDevice::new(evt, out))))
+    let uart = match saved {
+        None => SerialDevice::new(evt, out),
+        Some(saved) => SerialDevice::from_snapshot(evt, out, saved),
+    };
+    Ok(Arc::new(Mutex::new(uart)))
 }
 
 fn wire_devices(
@@ -390,11 +497,12 @@ fn wire_devices(
     stop: &Arc<VmStop>,
     clock: BootClock,
     console: ConsoleWriter,
+    saved: Option<(&SerialSnapshot, &SerialSnapshot)>,
 ) -> Result<(IoBuses, SerialPorts), VmmError> {
     let ports = SerialPorts {
-        console: serial_port(vm, COM1_IRQ, console)?,
+        console: serial_port(vm, COM1_IRQ, console, saved.map(|s| s.0))?,
         // The guest has nothing to tell us on the control port yet; its output is dropped.
-        control: serial_port(vm, COM2_IRQ, Box::new(io::sink()))?,
+        control: serial_port(vm, COM2_IRQ, Box::new(io::sink()), saved.map(|s| s.1))?,
     };
     let mut io = IoBuses::default();
     io.pio
@@ -411,9 +519,16 @@ fn wire_devices(
     Ok((io, ports))
 }
 
+/// One virtio device to attach.
+struct PlannedDevice {
+    kind: DeviceKind,
+    slot: VirtioSlot,
+    device: Box<dyn VirtioDevice>,
+}
+
 /// The virtio devices a config asks for, where they go, and the command line announcing them.
 struct VirtioPlan {
-    devices: Vec<(&'static str, VirtioSlot, Box<dyn VirtioDevice>)>,
+    devices: Vec<PlannedDevice>,
     cmdline: KernelCmdline,
 }
 
@@ -422,24 +537,32 @@ fn plan_virtio(
     disks: Vec<Disk>,
     taps: Vec<Tap>,
 ) -> Result<VirtioPlan, VmmError> {
-    let mut wanted: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
-    for disk in disks {
-        wanted.push(("virtio-blk", Box::new(Block::new(disk))));
+    let mut wanted: Vec<(DeviceKind, Box<dyn VirtioDevice>)> = Vec::new();
+    for (disk, drive) in disks.into_iter().zip(&config.drives) {
+        let kind = DeviceKind::Block {
+            id: drive.id.clone(),
+            read_only: drive.read_only,
+        };
+        wanted.push((kind, Box::new(Block::new(disk))));
     }
     if config.entropy {
-        wanted.push(("virtio-rng", Box::new(Rng::new())));
+        wanted.push((DeviceKind::Rng, Box::new(Rng::new())));
     }
     for (net, tap) in config.net.iter().zip(taps) {
         let settings = NetSettings {
             mac: net.guest_mac.map(|m| m.0),
             mtu: net.mtu,
         };
-        wanted.push(("virtio-net", Box::new(Net::new(Box::new(tap), settings))));
+        let kind = DeviceKind::Net {
+            mac: settings.mac,
+            mtu: settings.mtu,
+        };
+        wanted.push((kind, Box::new(Net::new(Box::new(tap), settings))));
     }
     if let Some(v) = &config.vsock {
         let cid = v.guest_cid;
         let dev = Vsock::new(cid, &v.uds_path).map_err(|source| VmmError::Vsock { cid, source })?;
-        wanted.push(("virtio-vsock", Box::new(dev)));
+        wanted.push((DeviceKind::Vsock { cid }, Box::new(dev)));
     }
     let slots = attach::slots(wanted.len()).map_err(|e| VmmError::Virtio("devices", e))?;
     let root = crate::config::drive::root_words(&config.drives);
@@ -451,7 +574,7 @@ fn plan_virtio(
     let devices = wanted
         .into_iter()
         .zip(slots)
-        .map(|((name, dev), slot)| (name, slot, dev))
+        .map(|((kind, device), slot)| PlannedDevice { kind, slot, device })
         .collect();
     Ok(VirtioPlan { devices, cmdline })
 }
@@ -460,14 +583,75 @@ fn wire_virtio(
     vm: &Vm,
     io: &mut IoBuses,
     plan: VirtioPlan,
+    saved: Option<Vec<&SavedTransport>>,
 ) -> Result<Vec<QueueNotifier>, VmmError> {
+    let mut saved = saved.map(Vec::into_iter);
     plan.devices
         .into_iter()
-        .map(|(name, slot, dev)| {
-            attach::attach(&vm.fd, &vm.memory, &mut io.mmio, slot, name, dev)
-                .map_err(|e| VmmError::Virtio(name, e))
+        .map(|d| {
+            let name = d.kind.name();
+            let state = saved.as_mut().and_then(Iterator::next);
+            attach::attach(
+                &vm.fd,
+                &vm.memory,
+                &mut io.mmio,
+                d.slot,
+                (name, d.device),
+                state,
+            )
+            .map_err(|e| VmmError::Virtio(name, e))
         })
         .collect()
+}
+
+/// Maps the snapshot's memory into `vm`, restores its in-kernel devices and creates its
+/// vCPUs in their saved state.
+fn resume_guest(vm: &Vm, s: &Snapshot, memory: &File) -> Result<Vec<Vcpu>, VmmError> {
+    let err = VmmError::Restore;
+    snapshot::memory::map(&vm.memory, memory).map_err(|e| err(RestoreError::Memory(e)))?;
+    vstate::vm_state::restore(&vm.fd, &s.vm).map_err(|e| err(RestoreError::VmState(e)))?;
+    s.vcpus
+        .iter()
+        .map(|state| {
+            let vcpu = Vcpu::new(&vm.fd, state.id)?;
+            vcpu.restore(state)?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+/// After a restore: serves every queue once and queues the guest's new identity on the
+/// control port, where it waits until the guest reads it.
+fn resume_devices(
+    devices: &[(DeviceKind, Arc<Mutex<MmioTransport>>)],
+    control: &Mutex<SerialDevice>,
+    identity: Option<&IdentityMembers>,
+) -> Result<(), VmmError> {
+    for (_, transport) in devices {
+        crate::bus::lock(transport).kick_restored();
+    }
+    let line = snapshot::identity::restored_line(identity)
+        .map_err(|e| VmmError::Restore(RestoreError::Identity(e)))?;
+    crate::bus::lock(control).queue_all(&line);
+    Ok(())
+}
+
+/// Listens on the control socket, replacing a stale socket left by a dead herd-vmm.
+fn bind_api_socket(path: &Path) -> Result<UnixListener, VmmError> {
+    let err = |source| VmmError::OpenFile {
+        what: "API socket",
+        path: path.to_owned(),
+        source,
+    };
+    if let Ok(meta) = path.symlink_metadata() {
+        if !meta.file_type().is_socket() {
+            return Err(err(io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 type Events = EventManager<Box<dyn MutEventSubscriber + Send>>;
@@ -525,6 +709,8 @@ impl VmmError {
                 ..
             } => io_code(e),
             VmmError::NotAFile { .. }
+            | VmmError::Restore(_)
+            | VmmError::Identity(_)
             | VmmError::Kernel { .. }
             | VmmError::Initrd { .. }
             | VmmError::Drive { .. } => DATA,

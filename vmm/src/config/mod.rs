@@ -223,6 +223,19 @@ pub struct VmConfig {
     pub jail: Option<JailConfig>,
     /// What a thread's seccomp filter does to a call outside its list.
     pub seccomp: SeccompMode,
+    /// Where herd-vmm answers pause, resume and snapshot requests (`docs/snapshots.md`).
+    pub api_socket: Option<PathBuf>,
+    /// Resume a snapshot instead of booting: the machine, devices and memory come from it.
+    pub restore: Option<RestoreSource>,
+}
+
+/// The snapshot a VM is restored from, and what the guest is told about its new identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreSource {
+    /// The snapshot directory (`state` and `memory`).
+    pub dir: PathBuf,
+    /// A JSON object of identity members for the guest's `restored` line.
+    pub identity: Option<PathBuf>,
 }
 
 /// Unvalidated values as they come from flags or a config file.
@@ -244,6 +257,8 @@ pub struct RawVmConfig {
     pub cpuid_cache: Option<PathBuf>,
     pub jail: Option<RawJailConfig>,
     pub seccomp: SeccompMode,
+    pub api_socket: Option<PathBuf>,
+    pub restore: Option<RestoreSource>,
 }
 
 /// vCPUs when none are asked for.
@@ -258,7 +273,11 @@ impl RawVmConfig {
         let jail = self.jail.map(RawJailConfig::validate).transpose()?;
         let mut console = ConsoleOutput::new(self.console_log, self.console_log_max_bytes)?;
         let mut vsock = self.vsock.map(VsockConfig::validate).transpose()?;
+        let mut api_socket = self.api_socket;
         if let Some(jail) = &jail {
+            if let Some(path) = &mut api_socket {
+                *path = jail.inside("API socket", path)?;
+            }
             if let ConsoleOutput::File { path, .. } = &mut console {
                 *path = jail.inside("console log", path)?;
             }
@@ -282,6 +301,8 @@ impl RawVmConfig {
             cpuid_cache: self.cpuid_cache,
             jail,
             seccomp: self.seccomp,
+            api_socket,
+            restore: self.restore,
         })
     }
 }

@@ -29,8 +29,12 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             block_io(&mut rules);
             vsock(&mut rules)?;
             exit_report(&mut rules);
+            snapshots(&mut rules)?;
         }
-        ThreadKind::Vcpu => vcpu(&mut rules)?,
+        ThreadKind::Vcpu => {
+            vcpu(&mut rules)?;
+            vcpu_state(&mut rules)?;
+        }
     }
     Ok(rules)
 }
@@ -159,6 +163,65 @@ fn vsock(rules: &mut Rules) -> Result<(), BackendError> {
     );
     allow_arg_in(rules, libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?;
     allow_arg_in(rules, libc::SYS_ioctl, 1, &[FIONBIO])
+}
+
+/// `ioctl` numbers of the KVM calls that read state: `_IOR`/`_IOWR(KVMIO, nr, T)`.
+const fn kvm_read(nr: u64, size: usize, write_too: bool) -> u64 {
+    let dir = if write_too { 3 } else { 2 };
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+/// The KVM calls that read the VM-wide state for a snapshot, on the event loop.
+pub const KVM_VM_STATE_READS: [u64; 4] = [
+    kvm_read(0x02, size_of::<kvm_bindings::kvm_msr_list>(), true), // GET_MSR_INDEX_LIST
+    kvm_read(0x62, size_of::<kvm_bindings::kvm_irqchip>(), true),  // GET_IRQCHIP
+    kvm_read(0x9f, size_of::<kvm_bindings::kvm_pit_state2>(), false), // GET_PIT2
+    kvm_read(0x7c, size_of::<kvm_bindings::kvm_clock_data>(), false), // GET_CLOCK
+];
+
+/// The KVM calls that read one vCPU's state, on its own thread.
+pub const KVM_VCPU_STATE_READS: [u64; 11] = [
+    kvm_read(0x81, size_of::<kvm_bindings::kvm_regs>(), false), // GET_REGS
+    kvm_read(0x83, size_of::<kvm_bindings::kvm_sregs>(), false), // GET_SREGS
+    kvm_read(0x88, size_of::<kvm_bindings::kvm_msrs>(), true),  // GET_MSRS
+    kvm_read(0x8e, size_of::<kvm_bindings::kvm_lapic_state>(), false), // GET_LAPIC
+    kvm_read(0x91, size_of::<kvm_bindings::kvm_cpuid2>(), true), // GET_CPUID2
+    kvm_read(0x98, size_of::<kvm_bindings::kvm_mp_state>(), false), // GET_MP_STATE
+    kvm_read(0x9f, size_of::<kvm_bindings::kvm_vcpu_events>(), false), // GET_VCPU_EVENTS
+    kvm_read(0xa1, size_of::<kvm_bindings::kvm_debugregs>(), false), // GET_DEBUGREGS
+    kvm_read(0xa4, size_of::<kvm_bindings::kvm_xsave>(), false), // GET_XSAVE
+    kvm_read(0xa6, size_of::<kvm_bindings::kvm_xcrs>(), false), // GET_XCRS
+    0xaea3,                                                     // GET_TSC_KHZ (_IO)
+];
+
+/// Pausing the vCPUs (a kick signal to each thread) and writing a snapshot: reading the
+/// in-kernel devices' state, creating the snapshot directory and its files, syncing them,
+/// and removing a partial directory after a failure.
+fn snapshots(rules: &mut Rules) -> Result<(), BackendError> {
+    let kick = crate::sys::kick::kick_signal() as u64;
+    allow_arg_in(rules, libc::SYS_tgkill, 2, &[kick])?;
+    allow_arg_in(rules, libc::SYS_tkill, 1, &[kick])?;
+    allow_arg_in(rules, libc::SYS_ioctl, 1, &KVM_VM_STATE_READS)?;
+    allow(
+        rules,
+        &[
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            libc::SYS_rmdir,
+            libc::SYS_ftruncate,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_lstat,
+            libc::SYS_getdents64,
+        ],
+    );
+    Ok(())
+}
+
+/// A paused vCPU reads its own state for a snapshot.
+fn vcpu_state(rules: &mut Rules) -> Result<(), BackendError> {
+    allow_arg_in(rules, libc::SYS_ioctl, 1, &KVM_VCPU_STATE_READS)
 }
 
 /// The memory report logged when the VM stops (`--log-level debug`).

@@ -97,12 +97,27 @@ fn audit_mode_lets_a_call_outside_the_list_through() {
 }
 
 #[test]
-fn only_kvm_run_and_the_tap_offload_calls_pass_ioctl_on_a_vcpu() {
+fn only_kvm_run_the_tap_offload_calls_and_state_reads_pass_ioctl_on_a_vcpu() {
     let rules = rules::allowed(ThreadKind::Vcpu).unwrap();
-    assert_eq!(rules[&libc::SYS_ioctl].len(), 3);
+    let reads = rules::KVM_VCPU_STATE_READS.len();
+    assert_eq!(rules[&libc::SYS_ioctl].len(), 3 + reads);
     assert!(!rules.contains_key(&libc::SYS_socket));
     assert!(!rules.contains_key(&libc::SYS_execve));
     let event_loop = rules::allowed(ThreadKind::EventLoop).unwrap();
     assert!(!event_loop.contains_key(&libc::SYS_execve));
     assert!(!event_loop.contains_key(&libc::SYS_ptrace));
+}
+
+#[test]
+fn kvm_state_reads_have_the_kernels_ioctl_numbers() {
+    use super::rules::{KVM_VCPU_STATE_READS, KVM_VM_STATE_READS};
+    // From <linux/kvm.h> as the kernel computes them on x86-64.
+    assert_eq!(KVM_VCPU_STATE_READS[0], 0x8090_ae81, "KVM_GET_REGS");
+    assert_eq!(KVM_VCPU_STATE_READS[1], 0x8138_ae83, "KVM_GET_SREGS");
+    assert_eq!(KVM_VCPU_STATE_READS[2], 0xc008_ae88, "KVM_GET_MSRS");
+    assert_eq!(KVM_VCPU_STATE_READS[3], 0x8400_ae8e, "KVM_GET_LAPIC");
+    assert_eq!(KVM_VCPU_STATE_READS[8], 0x9000_aea4, "KVM_GET_XSAVE");
+    assert_eq!(KVM_VM_STATE_READS[1], 0xc208_ae62, "KVM_GET_IRQCHIP");
+    assert_eq!(KVM_VM_STATE_READS[2], 0x8070_ae9f, "KVM_GET_PIT2");
+    assert_eq!(KVM_VM_STATE_READS[3], 0x8030_ae7c, "KVM_GET_CLOCK");
 }

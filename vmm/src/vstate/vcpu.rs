@@ -1,13 +1,17 @@
-//! vCPUs: per-vCPU set-up (CPUID, MSRs, LAPIC, FPU, boot registers), the run loop as an
-//! explicit state machine on its own thread, and exit dispatch as a free function so it can be
-//! tested without KVM.
+//! vCPUs: per-vCPU set-up (CPUID, MSRs, LAPIC, FPU, boot registers, or a snapshot's state),
+//! the run loop as an explicit state machine on its own thread (running, paused, stopping),
+//! driven by requests over a channel plus a kick out of `KVM_RUN`, and exit dispatch as a
+//! free function so it can be tested without KVM.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::Killable;
 
 use crate::arch::x86_64::cpuid::patch_for_vcpu;
 use crate::arch::x86_64::regs::{self, BootEntry};
@@ -16,6 +20,7 @@ use crate::logging::RateLimit;
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::stop::{GuestFault, StopReason, StopRequester, VmStop};
 use crate::sys::time::monotonic_ns;
+use crate::vstate::vcpu_state::{self, VcpuStateError};
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,14 @@ pub enum VcpuError {
     Spawn(u8, #[source] std::io::Error),
     #[error("vCPU {0}")]
     Seccomp(u8, #[source] SeccompError),
+    #[error("vCPU {0}: cannot restore its state")]
+    Restore(u8, #[source] VcpuStateError),
+    #[error("vCPU {0}: its thread has ended")]
+    Gone(u8),
+    #[error("vCPU {0}: cannot signal its thread")]
+    Kick(u8, #[source] vmm_sys_util::errno::Error),
+    #[error("vCPU {0}: no answer from its thread")]
+    NoResponse(u8),
 }
 
 /// What the run loop does after an exit.
@@ -41,8 +54,9 @@ pub enum ExitAction {
 
 /// States of a vCPU thread.
 #[derive(Debug, PartialEq, Eq)]
-enum VcpuState {
+enum RunState {
     Running,
+    Paused,
     Stopping(StopReason),
     Done,
 }
@@ -167,17 +181,24 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU on its own thread until the VM stops.
+    /// Writes a snapshot's state into this freshly created vCPU (instead of `configure`).
+    pub fn restore(&self, state: &vcpu_state::VcpuState) -> Result<(), VcpuError> {
+        vcpu_state::restore(&self.fd, state).map_err(|e| VcpuError::Restore(self.id, e))
+    }
+
     /// Starts the vCPU on its own thread, which installs `seccomp`'s vCPU filter before it
-    /// first enters the guest; returns once the filter is in place.
+    /// first enters the guest; returns once the filter is in place, with the handle that
+    /// pauses, resumes and saves it.
     pub fn start(
         self,
         io: Arc<IoBuses>,
         stop: Arc<VmStop>,
         seccomp: Option<Filters>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+    ) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let (installed_tx, installed) = std::sync::mpsc::sync_channel(1);
+        let (request_tx, requests) = mpsc::channel();
+        let (response_tx, responses) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -185,52 +206,167 @@ impl Vcpu {
                 let ok = filtered.is_ok();
                 let _ = installed_tx.send(filtered);
                 if ok {
-                    self.run_loop(&io, &stop);
+                    let control = Control {
+                        requests,
+                        responses: response_tx,
+                    };
+                    self.run_loop(&io, &stop, &control);
                 }
             })
             .map_err(|e| VcpuError::Spawn(id, e))?;
         match installed.recv() {
-            Ok(Ok(())) => Ok(thread),
+            Ok(Ok(())) => Ok(VcpuHandle {
+                id,
+                requests: request_tx,
+                responses,
+                thread,
+            }),
             Ok(Err(e)) => Err(VcpuError::Seccomp(id, e)),
             Err(_) => Err(VcpuError::Spawn(id, std::io::ErrorKind::BrokenPipe.into())),
         }
     }
 
-    fn run_loop(mut self, io: &IoBuses, stop: &VmStop) {
-        let mut state = VcpuState::Running;
+    fn run_loop(mut self, io: &IoBuses, stop: &VmStop, control: &Control) {
+        crate::sys::kick::register_vcpu_thread(&mut self.fd);
+        let mut state = RunState::Running;
         let mut first_entry = self.id == 0;
-        while state != VcpuState::Done {
+        while state != RunState::Done {
             state = match state {
-                VcpuState::Running => {
+                RunState::Running => {
                     if first_entry {
                         tracing::debug!(monotonic_ns = %monotonic_ns(), "vcpu0 first KVM_RUN");
                         first_entry = false;
                     }
-                    self.step(io, stop)
+                    self.step(io, stop, control)
                 }
-                VcpuState::Stopping(reason) => {
+                RunState::Paused => self.paused(control),
+                RunState::Stopping(reason) => {
                     stop.request_stop(reason);
-                    VcpuState::Done
+                    RunState::Done
                 }
-                VcpuState::Done => VcpuState::Done,
+                RunState::Done => RunState::Done,
             };
         }
     }
 
-    fn step(&mut self, io: &IoBuses, stop: &VmStop) -> VcpuState {
+    fn step(&mut self, io: &IoBuses, stop: &VmStop, control: &Control) -> RunState {
         let action = match self.fd.run() {
             Ok(exit) => handle_exit(self.id, exit, io),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Err(e) if e.errno() == libc::EINTR => {
+                // A kick (or a stray signal): whatever access was in flight is complete now.
+                self.fd.set_kvm_immediate_exit(0);
+                if let Some(next) = self.serve_requests(control, RunState::Running) {
+                    return next;
+                }
+                ExitAction::Continue
+            }
+            Err(e) if e.errno() == libc::EAGAIN => ExitAction::Continue,
             Err(e) => ExitAction::Stop(StopReason::Fault(GuestFault::RunFailed {
                 vcpu: self.id,
                 errno: e.to_string(),
             })),
         };
         match action {
-            ExitAction::Stop(reason) => VcpuState::Stopping(reason),
-            ExitAction::Continue if stop.is_requested() => VcpuState::Done,
-            ExitAction::Continue => VcpuState::Running,
+            ExitAction::Stop(reason) => RunState::Stopping(reason),
+            ExitAction::Continue if stop.is_requested() => RunState::Done,
+            ExitAction::Continue => RunState::Running,
         }
+    }
+
+    /// Waits for requests while paused.
+    fn paused(&mut self, control: &Control) -> RunState {
+        match control.requests.recv() {
+            Ok(request) => self.answer(request, RunState::Paused, control),
+            // The VMM is gone: nothing will resume us.
+            Err(_) => RunState::Done,
+        }
+    }
+
+    /// Answers every queued request; the state they leave the vCPU in, if any came.
+    fn serve_requests(&mut self, control: &Control, mut state: RunState) -> Option<RunState> {
+        let mut any = false;
+        while let Ok(request) = control.requests.try_recv() {
+            state = self.answer(request, state, control);
+            any = true;
+        }
+        any.then_some(state)
+    }
+
+    fn answer(&mut self, request: VcpuRequest, state: RunState, control: &Control) -> RunState {
+        let (next, response) = match request {
+            VcpuRequest::Pause => (RunState::Paused, VcpuResponse::Paused),
+            VcpuRequest::Resume => (RunState::Running, VcpuResponse::Resumed),
+            VcpuRequest::Save(msrs) if state == RunState::Paused => {
+                let saved = vcpu_state::save(&self.fd, self.id, &msrs);
+                (state, VcpuResponse::Saved(saved.map(Box::new)))
+            }
+            VcpuRequest::Save(_) => (state, VcpuResponse::NotPaused),
+        };
+        let _ = control.responses.send(response);
+        next
+    }
+}
+
+/// What the VMM asks of a running vCPU thread.
+#[derive(Debug)]
+pub enum VcpuRequest {
+    /// Leave the guest and wait.
+    Pause,
+    /// Re-enter the guest.
+    Resume,
+    /// Read the (paused) vCPU's state, with these MSRs.
+    Save(Arc<Vec<u32>>),
+}
+
+/// A vCPU thread's answer to a [`VcpuRequest`].
+#[derive(Debug)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+    Saved(Result<Box<vcpu_state::VcpuState>, VcpuStateError>),
+    /// State can only be read from a paused vCPU.
+    NotPaused,
+}
+
+/// The vCPU thread's ends of its request and response channels.
+struct Control {
+    requests: Receiver<VcpuRequest>,
+    responses: Sender<VcpuResponse>,
+}
+
+/// A running vCPU thread, as the VMM holds it.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    id: u8,
+    requests: Sender<VcpuRequest>,
+    responses: Receiver<VcpuResponse>,
+    thread: JoinHandle<()>,
+}
+
+/// How long a vCPU may take to answer: it only has to leave `KVM_RUN` and read registers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VcpuHandle {
+    /// The vCPU's id.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Sends `request` and kicks the thread out of the guest so it sees it.
+    pub fn send(&self, request: VcpuRequest) -> Result<(), VcpuError> {
+        self.requests
+            .send(request)
+            .map_err(|_| VcpuError::Gone(self.id))?;
+        self.thread
+            .kill(crate::sys::kick::kick_signal())
+            .map_err(|e| VcpuError::Kick(self.id, e))
+    }
+
+    /// Waits for the answer to the request sent last.
+    pub fn response(&self) -> Result<VcpuResponse, VcpuError> {
+        self.responses
+            .recv_timeout(RESPONSE_TIMEOUT)
+            .map_err(|_| VcpuError::NoResponse(self.id))
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
 
-pub use virtio_queue::{Queue, QueueT};
+pub use virtio_queue::{Queue, QueueState, QueueT};
 
 /// Answers a read of a device's configuration space laid out as `config`: bytes past its end
 /// read as zero, as the spec asks of fields a device does not offer.
@@ -153,4 +153,10 @@ pub trait VirtioDevice: Send {
     }
     /// Forgets queues, memory and negotiated state (the guest wrote 0 to the status).
     fn reset(&mut self);
+    /// The live queues' states while the device is active, in queue order (a snapshot saves
+    /// these: the transport's copies stop at activation); empty while inactive.
+    fn queue_states(&self) -> Vec<QueueState>;
+    /// A restore re-activated the device from a snapshot: nothing host-side (connections,
+    /// frames in flight) survived, and the device may tell the guest so.
+    fn restored(&mut self) {}
 }

@@ -261,6 +261,10 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn queue_states(&self) -> Vec<super::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

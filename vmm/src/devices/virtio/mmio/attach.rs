@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::notify::QueueNotifier;
+use super::state::SavedTransport;
 use super::{MmioInterrupt, MmioTransport, reg};
 use crate::arch::x86_64::layout::{
     VIRTIO_FIRST_GSI, VIRTIO_LAST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
@@ -31,6 +32,8 @@ pub enum AttachError {
     Ioevent(u64, #[source] kvm_ioctls::Error),
     #[error("cannot place the device")]
     Bus(#[from] BusError),
+    #[error("cannot restore the device's saved state")]
+    Restore(#[source] super::state::TransportRestoreError),
 }
 
 /// Where one virtio device lives.
@@ -68,21 +71,26 @@ fn eventfd(what: &'static str) -> Result<EventFd, AttachError> {
     EventFd::new(EFD_NONBLOCK).map_err(|e| AttachError::EventFd(what, e))
 }
 
-/// Attaches `device` at `slot`: bus window, irqfd, ioeventfds. Returns the event-loop
-/// subscriber that delivers its queue notifications.
+/// Attaches `device` at `slot`: bus window, irqfd, ioeventfds; in the state `saved` when
+/// restoring a snapshot. Returns the event-loop subscriber that delivers its queue
+/// notifications.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
     slot: VirtioSlot,
-    name: &'static str,
-    device: Box<dyn VirtioDevice>,
+    (name, device): (&'static str, Box<dyn VirtioDevice>),
+    saved: Option<&SavedTransport>,
 ) -> Result<QueueNotifier, AttachError> {
     let irqfd = eventfd("a virtio interrupt")?;
     vm.register_irqfd(&irqfd, slot.gsi)
         .map_err(|e| AttachError::Irqfd(slot.gsi, e))?;
     let interrupt = Arc::new(MmioInterrupt::new(irqfd));
-    let transport = MmioTransport::new(device, mem.clone(), interrupt);
+    let transport = match saved {
+        None => MmioTransport::new(device, mem.clone(), interrupt),
+        Some(saved) => MmioTransport::restore(device, mem.clone(), interrupt, saved)
+            .map_err(AttachError::Restore)?,
+    };
     let notify_addr = slot.base + reg::QUEUE_NOTIFY;
     let mut queue_events = Vec::with_capacity(transport.queue_count());
     for index in 0..transport.queue_count() as u32 {

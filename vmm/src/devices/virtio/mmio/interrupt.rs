@@ -37,6 +37,15 @@ impl MmioInterrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
+    /// Takes over a saved `InterruptStatus`, raising the line again if a bit is set: the
+    /// irqfd write that raised it went to the VM the status was saved from.
+    pub fn restore(&self, status: u32) {
+        self.status.store(status, Ordering::Release);
+        if status != 0 {
+            self.raise(0);
+        }
+    }
+
     /// Clears every bit (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);

@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod interrupt;
 pub mod notify;
+pub mod state;
 #[cfg(test)]
 mod tests;
 
@@ -59,9 +60,9 @@ pub mod reg {
     pub const CONFIG: u64 = 0x100;
 }
 
-/// The transport's own registers as plain data (what a snapshot would save with the queues'
-/// `QueueState`s).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The transport's own registers as plain data (a snapshot saves them with the queues).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransportState {
     pub status: u32,
     pub device_features_select: u32,

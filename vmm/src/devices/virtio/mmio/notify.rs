@@ -32,6 +32,13 @@ impl QueueNotifier {
     }
 }
 
+impl QueueNotifier {
+    /// The transport whose queues this watches.
+    pub fn transport(&self) -> Arc<Mutex<MmioTransport>> {
+        self.transport.clone()
+    }
+}
+
 impl MutEventSubscriber for QueueNotifier {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, evt) in self.queue_events.iter().enumerate() {

@@ -20,6 +20,7 @@ struct Seen {
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
     fail_next: bool,
+    restored: usize,
 }
 
 struct Fake(Arc<Mutex<Seen>>);
@@ -65,6 +66,21 @@ impl VirtioDevice for Fake {
     }
     fn reset(&mut self) {
         self.0.lock().unwrap().resets += 1;
+    }
+    /// The queues as activated, each having taken one chain per notification since.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        let seen = self.0.lock().unwrap();
+        let Some((states, _)) = seen.activated.last() else {
+            return Vec::new();
+        };
+        let mut states = states.clone();
+        for &i in &seen.processed {
+            states[i].next_avail += 1;
+        }
+        states
+    }
+    fn restored(&mut self) {
+        self.0.lock().unwrap().restored += 1;
     }
 }
 
@@ -335,4 +351,110 @@ fn odd_widths_and_alignment_are_ignored_and_config_goes_to_the_device() {
         rig.seen.lock().unwrap().config_writes,
         vec![(4, vec![9, 8])]
     );
+}
+
+fn live_rig() -> Rig {
+    let mut rig = Rig::new();
+    rig.negotiate();
+    rig.queue(0, 16, 0x1_0000);
+    rig.queue(1, 8, 0x2_0000);
+    rig.driver_ok();
+    rig.t.process_queue_notification(1);
+    rig.t.process_queue_notification(1);
+    rig
+}
+
+fn restore_into(
+    saved: &state::SavedTransport,
+) -> (
+    Result<MmioTransport, state::TransportRestoreError>,
+    Arc<Mutex<Seen>>,
+) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let irq = Arc::new(MmioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let t = MmioTransport::restore(Box::new(Fake(seen.clone())), mem, irq, saved);
+    (t, seen)
+}
+
+#[test]
+fn a_saved_live_device_comes_back_active_with_its_queues_where_they_were() {
+    let rig = live_rig();
+    let saved = rig.t.save();
+    assert_eq!(
+        saved.queues[1].next_avail, 2,
+        "the device's live queue, not the set-up copy"
+    );
+    assert_eq!(saved.queues[0].size, 16);
+    let (restored, seen) = restore_into(&saved);
+    let mut restored = restored.unwrap();
+    assert_eq!(restored.state(), rig.t.state());
+    {
+        let seen = seen.lock().unwrap();
+        let (queues, acked) = seen.activated.last().unwrap();
+        assert_eq!(*acked, VERSION_1);
+        assert_eq!(queues[1].next_avail, 2);
+        assert_eq!(queues[0].desc_table, 0x1_0000);
+        assert_eq!(seen.restored, 1);
+    }
+    restored.kick_restored();
+    assert_eq!(
+        seen.lock().unwrap().processed,
+        vec![0, 1],
+        "every queue served once"
+    );
+}
+
+#[test]
+fn a_device_still_being_set_up_comes_back_inactive() {
+    let mut rig = Rig::new();
+    rig.negotiate();
+    rig.queue(0, 16, 0x1_0000);
+    let saved = rig.t.save();
+    let (restored, seen) = restore_into(&saved);
+    let mut restored = restored.unwrap();
+    assert!(seen.lock().unwrap().activated.is_empty());
+    restored.kick_restored();
+    assert!(seen.lock().unwrap().processed.is_empty());
+    let ok = saved.registers.status | status::DRIVER_OK;
+    restored.write(reg::STATUS, &ok.to_le_bytes());
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.activated.len(),
+        1,
+        "the guest finishes set-up after the restore"
+    );
+    assert_eq!(seen.activated[0].0[0].size, 16);
+}
+
+#[test]
+fn saved_state_of_another_device_or_with_unoffered_features_is_refused() {
+    let saved = live_rig().t.save();
+    let mut other = saved.clone();
+    other.device_type = 7;
+    assert!(matches!(
+        restore_into(&other).0,
+        Err(state::TransportRestoreError::DeviceType {
+            saved: 7,
+            device: 42
+        })
+    ));
+    let mut fewer = saved.clone();
+    fewer.queues.pop();
+    assert!(matches!(
+        restore_into(&fewer).0,
+        Err(state::TransportRestoreError::QueueCount { .. })
+    ));
+    let mut bigger = saved.clone();
+    bigger.queues[0].max_size = 1024;
+    assert!(matches!(
+        restore_into(&bigger).0,
+        Err(state::TransportRestoreError::Queue(0))
+    ));
+    let mut features = saved.clone();
+    features.registers.acked_features |= 1 << 40;
+    assert!(matches!(
+        restore_into(&features).0,
+        Err(state::TransportRestoreError::Features { .. })
+    ));
 }

@@ -403,6 +403,13 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn queue_states(&self) -> Vec<super::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx.state(), a.tx.state()])
+            .collect()
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.io.pending = None;

@@ -191,6 +191,10 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
+    fn queue_states(&self) -> Vec<super::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
+
     fn reset(&mut self) {
         self.active = None;
     }

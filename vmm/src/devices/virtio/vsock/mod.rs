@@ -1,7 +1,8 @@
 //! virtio-vsock (device type 19): stream sockets between the guest and host processes, with
 //! Firecracker's host-side convention (see [`muxer`]). Queues: receive (0, packets to the
-//! guest), transmit (1, packets from the guest) and event (2, unused: we never migrate, so
-//! never send a transport reset). Configuration space: the guest's CID (`u64`).
+//! guest), transmit (1, packets from the guest) and event (2: after a restore from a snapshot
+//! the guest is sent a transport reset, since its connections' host ends are gone).
+//! Configuration space: the guest's CID (`u64`).
 //!
 //! Hostile guests: a transmit chain that loops, is longer than the queue, points outside
 //! guest memory, has a writable descriptor or is over the size cap is dropped and counted;
@@ -71,6 +72,7 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    event: Queue,
     irq: Arc<dyn InterruptSignal>,
 }
 
@@ -191,6 +193,28 @@ impl Vsock {
         Ok(used)
     }
 
+    /// Puts a `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` in the guest's first event buffer (a driver
+    /// that posted none gets nothing) and interrupts it.
+    fn send_transport_reset(&mut self) -> Result<(), QueueFault> {
+        const TRANSPORT_RESET: u32 = 0;
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let Some(chain) = a.event.iter(&a.mem).map_err(QueueFault)?.next() else {
+            return Ok(());
+        };
+        let head = chain.head_index();
+        // A hostile event chain is completed with 0 bytes, like a hostile receive chain.
+        let written = chain::checked(&a.mem, chain, true, usize::MAX)
+            .and_then(|b| chain::scatter(&a.mem, &b, &TRANSPORT_RESET.to_le_bytes()))
+            .unwrap_or(0);
+        a.event
+            .add_used(&a.mem, head, written)
+            .map_err(QueueFault)?;
+        a.irq.signal_used_queue();
+        Ok(())
+    }
+
     /// Moves everything that can move both ways, then interrupts the guest if it got work.
     fn pump(&mut self) -> Result<(), VirtioError> {
         let mut used = false;
@@ -241,10 +265,16 @@ impl VirtioDevice for Vsock {
         irq: Arc<dyn InterruptSignal>,
     ) -> Result<(), VirtioError> {
         let got = queues.len();
-        let [rx, tx, _event]: [Queue; 3] = queues
+        let [rx, tx, event]: [Queue; 3] = queues
             .try_into()
             .map_err(|_| VirtioError::QueueCount { expected: 3, got })?;
-        self.active = Some(Active { mem, rx, tx, irq });
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            event,
+            irq,
+        });
         Ok(())
     }
 
@@ -268,6 +298,24 @@ impl VirtioDevice for Vsock {
             Some(a) if a.rx.ready() && a.tx.ready() => self.pump(),
             // Not live yet: replies and data wait for the guest.
             _ => Ok(()),
+        }
+    }
+
+    fn queue_states(&self) -> Vec<super::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx.state(), a.tx.state(), a.event.state()])
+            .collect()
+    }
+
+    fn restored(&mut self) {
+        if let Err(e) = self.send_transport_reset()
+            && self.log.allow()
+        {
+            tracing::warn!(
+                device = "virtio-vsock",
+                "cannot send the transport reset: {e}"
+            );
         }
     }
 
