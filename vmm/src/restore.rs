@@ -33,8 +33,8 @@ pub enum RestoreError {
     },
     #[error("the snapshot's devices are [{saved}]; this restore would build [{given}]")]
     Devices { saved: String, given: String },
-    #[error("cannot map the snapshot's memory")]
-    Memory(#[source] MemoryFileError),
+    #[error("cannot map the snapshot's memory file {0}")]
+    Memory(std::path::PathBuf, #[source] MemoryFileError),
     #[error("cannot restore the VM's interrupt controllers and clocks")]
     VmState(#[source] VmStateError),
     #[error("cannot make the guest's new identity")]

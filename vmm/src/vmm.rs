@@ -223,7 +223,11 @@ impl Vmm {
         let vm = Vm::new(kvm, mem_bytes, vcpu_count)?;
         phases.mark("vm");
         let vcpus = match (snapshot, &memory_file, kernel) {
-            (Some(s), Some(memory), _) => resume_guest(&vm, s, memory)?,
+            (Some(s), Some(memory), _) => {
+                let dir = config.restore.as_ref().map(|r| r.dir.as_path());
+                let path = dir.unwrap_or(Path::new(".")).join(snapshot::MEMORY_FILE);
+                resume_guest(&vm, s, (memory, &path))?
+            }
             (_, _, Some(mut kernel)) => {
                 let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel, initrds)?;
                 create_vcpus(&vm, vcpu_count, entry, &cpuid)?
@@ -606,9 +610,14 @@ fn wire_virtio(
 
 /// Maps the snapshot's memory into `vm`, restores its in-kernel devices and creates its
 /// vCPUs in their saved state.
-fn resume_guest(vm: &Vm, s: &Snapshot, memory: &File) -> Result<Vec<Vcpu>, VmmError> {
+fn resume_guest(
+    vm: &Vm,
+    s: &Snapshot,
+    (memory, path): (&File, &Path),
+) -> Result<Vec<Vcpu>, VmmError> {
     let err = VmmError::Restore;
-    snapshot::memory::map(&vm.memory, memory).map_err(|e| err(RestoreError::Memory(e)))?;
+    snapshot::memory::map(&vm.memory, memory)
+        .map_err(|e| err(RestoreError::Memory(path.to_owned(), e)))?;
     vstate::vm_state::restore(&vm.fd, &s.vm).map_err(|e| err(RestoreError::VmState(e)))?;
     s.vcpus
         .iter()
