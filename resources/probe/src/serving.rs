@@ -2,7 +2,8 @@
 //! answering health checks on the vsock device (the protocol and the environment's say are
 //! `herd_probe::serve`) until herd-vmm asks it to stop on the control port (COM2) or it has
 //! answered `PROBE_EXIT_AFTER` checks. Between polls of the receive ring and COM2 it halts
-//! until the next LAPIC timer tick ([`Ticker`]), so an idle probe costs the host a wake-up
+//! until the next LAPIC timer tick ([`Ticker`], which also counts the ticks `count`
+//! answers), so an idle probe costs the host a wake-up
 //! every [`TICK_MS`], not a busy CPU; a check waits at most a tick or two for each packet.
 //! Without a usable vsock device it says why and still waits for the stop request.
 
@@ -30,6 +31,7 @@ pub fn run(con: &mut Com1, opts: &Options) {
     let ticker = Ticker::start(TICK_MS);
     let want = &opts.serve;
     let mut server = Server::new(want.port, want.health);
+    server.id = want.instance_id;
     let limit = want.exit_after.unwrap_or(u32::MAX);
     let found = opts.virtio[..opts.virtio_count]
         .iter()
@@ -47,6 +49,7 @@ pub fn run(con: &mut Com1, opts: &Options) {
     let mut control = ControlLine::default();
     let mut com2 = COM2;
     loop {
+        server.ticks = ticker.count();
         if let Some(l) = link.as_mut()
             && let Err(why) = drain(l, &mut server, limit)
         {
@@ -89,7 +92,7 @@ fn drain(link: &mut Link<'_>, server: &mut Server, limit: u32) -> Result<(), &'s
             return Ok(());
         };
         for r in replies.iter() {
-            link.send_in_place(r.hdr, r.payload, r.fwd)?;
+            link.send_in_place(r.hdr, r.payload.as_bytes(), r.fwd)?;
         }
     }
     Ok(())

@@ -1,9 +1,10 @@
-//! Reads one variable of the `env` object of `herd/image.json` or `herd/instance.json`
-//! without a JSON library: a scanner that follows the document's structure just enough to
-//! find the top-level `"env"` member and a key inside it, skipping every other value whole
-//! (strings with their escapes, nested objects and arrays). So a key or value that merely
-//! appears inside some other string (an argument, the hostname) is never taken for the
-//! variable. A value is returned raw, escapes included: the values the probe understands
+//! Reads string members of small JSON objects without a JSON library: one variable of the
+//! `env` object of `herd/image.json` or `herd/instance.json` ([`var`]), and top-level members
+//! such as `instance_id` there ([`string`]). A
+//! scanner follows the document's structure just enough to find the member, skipping every
+//! other value whole (strings with their escapes, nested objects and arrays). So a key or value
+//! that merely appears inside some other string (an argument, the hostname) is never taken for
+//! the member. A value is returned raw, escapes included: the values the probe understands
 //! need none. Malformed documents yield nothing.
 
 /// Nesting the scanner follows in a skipped value; deeper documents yield nothing.
@@ -110,4 +111,9 @@ impl<'a> Cursor<'a> {
 pub fn var<'a>(doc: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let mut c = Cursor { b: doc, at: 0 };
     c.member(b"env", |c| c.member(name, |c| c.string()))
+}
+
+/// The raw value of the top-level string member `key` of the object `doc`.
+pub fn string<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    Cursor { b: doc, at: 0 }.member(key, |c| c.string())
 }
