@@ -2,10 +2,11 @@
 //! health checks on vsock, so the agent's supervisor can be tested against a guest that
 //! turns unhealthy or exits when told to, or is snapshotted and restored as a clone. This
 //! module is the logic, apart from any device: what the instance's files ask
-//! ([`ServeOptions`], read from `herd/image.json` and `herd/instance.json` by [`env`]) and the
-//! connection table ([`Server`]) that turns the host's packets into replies. The guest's loop
-//! (`serving` in the binary) moves the packets and sleeps on the local APIC timer between
-//! polls.
+//! ([`ServeOptions`], read from `herd/image.json` and `herd/instance.json` by [`env`]), the
+//! connection table ([`Server`]) that turns the host's packets into replies, and the control
+//! port's requests ([`control`]: stop, or a new identity after a restore). The guest's loop
+//! (`serving` in the binary) moves the packets and bytes and sleeps on the local APIC timer
+//! between polls.
 //!
 //! The protocol: a host client connects through herd-vmm's socket (`CONNECT <port>\n`, so the
 //! device sends us a `REQUEST`), writes one request line and gets one answer: `health\n` gets
@@ -16,6 +17,7 @@
 //! host's `RST` that follows finds no stream and is dropped.
 //! Lines: `probe: serve port=P` once serving, `probe: serve checks=N` when it ends.
 
+pub mod control;
 pub mod env;
 
 use crate::cmdline::parse_u32;
@@ -82,7 +84,8 @@ pub fn plain(raw: &[u8], max: usize) -> bool {
     (1..=max).contains(&raw.len()) && raw.iter().all(|&b| b.is_ascii_graphic() && b != b'\\')
 }
 
-/// The instance's id, as `id` answers it: from `herd/instance.json`.
+/// The instance's id, as `id` answers it: from `herd/instance.json`, then from each
+/// `restored` control request that names one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct InstanceId {
     buf: [u8; ID_MAX],

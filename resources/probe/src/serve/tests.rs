@@ -271,3 +271,20 @@ fn string_members_are_found_only_at_the_top_level() {
     assert_eq!(env::string(doc, b"missing"), None);
     assert_eq!(env::string(br#"{"instance_id":"cut"#, b"instance_id"), None);
 }
+
+#[test]
+fn only_complete_objects_are_whole() {
+    assert!(env::whole_object(br#" {"a":{"b":["}",1]},"c":"\"{"} "#));
+    assert!(env::whole_object(b"{}"));
+    for broken in [
+        &br#"{"a":"b""#[..],
+        br#"{"a":"b"}}"#,
+        br#"{"a":"b"},"#,
+        br#"{"a":"b}"#,
+        b"[]",
+        b"\"s\"",
+        b"",
+    ] {
+        assert!(!env::whole_object(broken), "{:?}", broken.escape_ascii());
+    }
+}
