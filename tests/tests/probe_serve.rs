@@ -4,7 +4,8 @@
 //! how to behave. Health checks use the agent's protocol: `CONNECT <port>\n` on herd-vmm's
 //! socket, `OK <n>\n`, then `health\n`, answered `ok\n` or `fail\n` before the guest closes
 //! the stream. Checked: the answers each `PROBE_HEALTH` asks for, `PROBE_EXIT_AFTER`, a
-//! graceful stop on SIGTERM, and that an idle serving probe does not busy-poll the host CPU.
+//! graceful stop on SIGTERM, that an idle serving probe does not busy-poll the host CPU, and
+//! the `count` and `id` requests (which are not health checks).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -119,6 +120,11 @@ fn serve_image(
 /// One health check as the agent makes it; the answer line, or `None` if the stream was
 /// closed before `OK`. The guest closes the stream after answering.
 fn check(uds: &Path, port: u32) -> Option<String> {
+    ask(uds, port, "health")
+}
+
+/// Sends one `request` line on a new stream as [`check`] does; the answer line.
+fn ask(uds: &Path, port: u32, request: &str) -> Option<String> {
     let mut s = UnixStream::connect(uds).expect("connect to the vsock socket");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
@@ -129,7 +135,7 @@ fn check(uds: &Path, port: u32) -> Option<String> {
         return None;
     }
     assert!(line.starts_with("OK "), "handshake: {line:?}");
-    s.write_all(b"health\n").unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
     line.clear();
     r.read_line(&mut line).expect("answer");
     let mut rest = Vec::new();
@@ -220,6 +226,29 @@ fn sigterm_stops_a_serving_probe_through_the_control_port_within_the_grace_perio
     let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
     assert!(at("control=") < at("serve checks=1"), "{done:#?}");
     assert!(at("serve checks=1") < at("done exit=21"), "{done:#?}");
+}
+
+#[test]
+fn count_follows_the_timer_and_id_is_the_instance_id_and_neither_is_a_check() {
+    require_kvm!("count_follows_the_timer_and_id_is_the_instance_id_and_neither_is_a_check");
+    let i = serve(4, "", &[], &[("PROBE_EXIT_AFTER", "1")]);
+    let count = || {
+        let line = ask(&i.uds, 5000, "count").expect("accepted");
+        let n = line
+            .strip_prefix("count=")
+            .and_then(|n| n.trim_end().parse::<u64>().ok());
+        n.unwrap_or_else(|| panic!("count answer {line:?}"))
+    };
+    let first = count();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = count();
+    // 10 ms ticks: about 50 in 500 ms; far fewer only if the host starved the VM.
+    assert!(second >= first + 5, "ticks {first} then {second}");
+    assert_eq!(ask(&i.uds, 5000, "id").as_deref(), Some("id=i-1\n"));
+    assert_eq!(check(&i.uds, 5000).as_deref(), Some("ok\n"));
+    let done = i.vm.wait();
+    assert_eq!(done.code(), 4, "the first health check ended it: {done:#?}");
+    assert_eq!(done.probe_value("serve checks"), Some("1"), "{done:#?}");
 }
 
 /// utime + stime of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15).

@@ -3,9 +3,10 @@
 //! has one, name the host, bring up `lo` and the
 //! instance's network interface (address, default route, `/etc/resolv.conf`), enter the
 //! working directory, signal the boot timer, start the app, open the control port, then carry
-//! out the [`Supervisor`]'s decisions on signals and host requests until the app exits. [`run`] returns the VM's exit status; the
-//! caller ends the VM with it. Every failure becomes one `herd-init: ` line on stderr (the
-//! console) and the status `docs/image-format.md` gives it.
+//! out the [`Supervisor`]'s decisions on signals and host requests until the app exits (a
+//! `restored` request is carried out by [`crate::restore`] on the way). [`run`] returns the
+//! VM's exit status; the caller ends the VM with it. Every failure becomes one `herd-init: `
+//! line on stderr (the console) and the status `docs/image-format.md` gives it.
 
 use std::error::Error;
 use std::fmt;
@@ -16,6 +17,8 @@ use herd_proto::{IMAGE_RUNTIME_PATH, INSTANCE_CONFIG_PATH, Launch, Network};
 use crate::config::{self, ConfigError, Plan};
 use crate::control::{Lines, Request};
 use crate::host::{CONTROL_PORT, DEV_LINKS, Event, Host, HostError, MOUNTS, Os, Pid, Signal};
+use crate::identity::Current;
+use crate::restore;
 use crate::status::{self, StartFailure};
 use crate::supervise::{Decision, Supervisor};
 
@@ -85,14 +88,16 @@ pub fn say(line: fmt::Arguments<'_>) {
     let _ = writeln!(io::stderr().lock(), "herd-init: {line}");
 }
 
-fn warn(err: &dyn Error) {
+/// One `herd-init: warning: ` line with `err` and its causes.
+pub fn warn(err: &dyn Error) {
     say(format_args!("warning: {}", one_line(err)));
 }
 
 /// Boots and supervises the app; returns the status the VM must end with.
 pub fn run(host: &mut impl Host, os: &mut impl Os) -> u8 {
     let mut sup = Supervisor::new();
-    let result = start(host, os, &mut sup).and_then(|()| supervise(os, &mut sup));
+    let result =
+        start(host, os, &mut sup).and_then(|identity| supervise(host, os, &mut sup, identity));
     match result {
         Ok(status) => status,
         Err(err) => {
@@ -103,8 +108,12 @@ pub fn run(host: &mut impl Host, os: &mut impl Os) -> u8 {
     }
 }
 
-/// Everything up to and including starting the app.
-fn start(host: &mut impl Host, os: &mut impl Os, sup: &mut Supervisor) -> Result<(), BootError> {
+/// Everything up to and including starting the app; returns the instance's identity.
+fn start(
+    host: &mut impl Host,
+    os: &mut impl Os,
+    sup: &mut Supervisor,
+) -> Result<Current, BootError> {
     // First, so that a stop request during setup waits for the app instead of being lost.
     os.block_signals().map_err(BootError::Signals)?;
     prepare_machine(host)?;
@@ -137,7 +146,11 @@ fn start(host: &mut impl Host, os: &mut impl Os, sup: &mut Supervisor) -> Result
             "warning: no control port {CONTROL_PORT}, host stop requests will not reach the app: {err}"
         ));
     }
-    Ok(())
+    Ok(Current::booted(
+        plan.instance_id,
+        plan.hostname,
+        plan.network,
+    ))
 }
 
 /// Mounts, console and `/dev` links. `/dev` first: a missing console is opened from it.
@@ -207,21 +220,19 @@ fn forward(os: &mut impl Os, app: Pid, signal: Signal) {
 }
 
 /// Carries out the supervisor's decisions until the app has exited.
-fn supervise(os: &mut impl Os, sup: &mut Supervisor) -> Result<u8, BootError> {
+fn supervise(
+    host: &mut impl Host,
+    os: &mut impl Os,
+    sup: &mut Supervisor,
+    mut identity: Current,
+) -> Result<u8, BootError> {
     let mut lines = Lines::new();
     let mut buf = [0u8; 256];
     loop {
         let decision = match os.wait_event(&mut buf).map_err(BootError::Supervise)? {
             Event::Signal(signal) => sup.on_signal(signal),
             Event::Control(n) => {
-                let mut stop = false;
-                lines.push(&buf[..n], |request| match request {
-                    Request::Stop => stop = true,
-                    Request::Unknown(line) => {
-                        say(format_args!("warning: ignoring control request {line:?}"))
-                    }
-                });
-                if !stop {
+                if !control(host, os, &mut lines, &buf[..n], &mut identity) {
                     continue;
                 }
                 sup.on_stop_request()
@@ -232,6 +243,27 @@ fn supervise(os: &mut impl Os, sup: &mut Supervisor) -> Result<u8, BootError> {
             return Ok(status);
         }
     }
+}
+
+/// Takes `bytes` from the control port and carries out every request they complete except
+/// `stop`; returns whether a stop was asked for.
+fn control(
+    host: &mut impl Host,
+    os: &mut impl Os,
+    lines: &mut Lines,
+    bytes: &[u8],
+    identity: &mut Current,
+) -> bool {
+    let mut stop = false;
+    lines.push(bytes, |request| match request {
+        Request::Stop => stop = true,
+        Request::Restored(new) => restore::apply(host, os, identity, *new),
+        Request::BadRestore(why) => {
+            say(format_args!("warning: ignoring a restored request: {why}"))
+        }
+        Request::Unknown(line) => say(format_args!("warning: ignoring control request {line:?}")),
+    });
+    stop
 }
 
 /// Does what the supervisor decided; returns the VM's status once the app has been reaped.

@@ -20,6 +20,7 @@ struct FakeHost {
     fail_boot_timer: bool,
     fail_network: bool,
     fail_switch_root: bool,
+    fail_reseed: bool,
 }
 
 fn io_err(errno: i32) -> io::Error {
@@ -63,6 +64,23 @@ impl Host for FakeHost {
         }
         Ok("eth0".into())
     }
+    fn replace_network(&mut self, net: &Network) -> Result<String, HostError> {
+        let gw = net.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        let line = format!("replace net {}/{}{gw}", net.address, net.prefix);
+        self.log.borrow_mut().push(line);
+        Ok("eth0".into())
+    }
+    fn reseed_rng(&mut self, entropy: &[u8; 32]) -> Result<(), HostError> {
+        let line = format!("reseed {:02x}..{:02x}", entropy[0], entropy[31]);
+        self.log.borrow_mut().push(line);
+        if self.fail_reseed {
+            return Err(HostError::Rng {
+                step: "credit it (RNDADDENTROPY)",
+                source: io_err(libc::EPERM),
+            });
+        }
+        Ok(())
+    }
     fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
         let servers: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).collect();
         self.log
@@ -101,7 +119,7 @@ struct FakeOs {
     spawn_errno: Option<i32>,
     entry_exists: bool,
     events: VecDeque<Event>,
-    control: &'static [u8],
+    control: Vec<u8>,
     reaps: VecDeque<Option<(Pid, i32)>>,
 }
 
@@ -117,7 +135,7 @@ impl FakeOs {
             spawn_errno: None,
             entry_exists: true,
             events: VecDeque::new(),
-            control: b"",
+            control: Vec::new(),
             reaps: VecDeque::new(),
         }
     }
@@ -130,6 +148,10 @@ impl Os for FakeOs {
     }
     fn read_file(&mut self, path: &str) -> io::Result<Option<String>> {
         Ok(self.files.get(path).map(|s| s.to_string()))
+    }
+    fn replace_file(&mut self, path: &str, text: &str) -> io::Result<()> {
+        self.log.borrow_mut().push(format!("replace {path} {text}"));
+        Ok(())
     }
     fn exists(&mut self, _: &str) -> bool {
         self.entry_exists
@@ -155,7 +177,7 @@ impl Os for FakeOs {
             .expect("the test scripted enough events");
         if let Event::Control(n) = event {
             buf[..n].copy_from_slice(&self.control[..n]);
-            self.control = &self.control[n..];
+            self.control.drain(..n);
         }
         Ok(event)
     }
@@ -229,7 +251,7 @@ fn boots_in_order_forwards_term_reaps_orphans_and_returns_the_apps_status() {
 #[test]
 fn a_stop_request_on_the_control_port_is_forwarded_as_sigterm() {
     let (log, mut host, mut os) = fakes();
-    os.control = b"hello\nst\x6fp\n";
+    os.control = b"hello\nst\x6fp\n".to_vec();
     os.events = [
         Event::Control(8),
         Event::Control(3),
@@ -428,4 +450,115 @@ fn a_rootfs_that_cannot_be_mounted_ends_with_125_before_the_app() {
     os.files.insert(IMAGE_RUNTIME_PATH, ROOTFS_IMAGE);
     assert_eq!(run(&mut host, &mut os), 125);
     assert!(!logged(&log).iter().any(|l| l.starts_with("spawn")));
+}
+
+const GEN: &str = "00112233445566778899aabbccddeeff";
+const ENTROPY: &str = "a0000000000000000000000000000000000000000000000000000000000000b1";
+
+/// Scripts the control port to deliver `lines`, each in pieces of at most 256 bytes (the
+/// supervisor's buffer), then the app's exit.
+fn deliver(os: &mut FakeOs, lines: &str) {
+    os.control = lines.as_bytes().to_vec();
+    let pieces = lines.len().div_ceil(256);
+    let mut left = lines.len();
+    for _ in 0..pieces {
+        os.events.push_back(Event::Control(left.min(256)));
+        left -= left.min(256);
+    }
+    os.events.push_back(sig(Signal::Child));
+    os.reaps = [Some((42, 0))].into();
+}
+
+/// The log from the first line starting with `from` on.
+fn log_from(log: &Log, from: &str) -> Vec<String> {
+    let log = logged(log);
+    let at = log.iter().position(|l| l.starts_with(from));
+    log[at.unwrap_or_else(|| panic!("no {from:?} in {log:?}"))..].to_vec()
+}
+
+#[test]
+fn a_restore_reseeds_then_renames_moves_the_network_and_rewrites_the_identity_file() {
+    let (log, mut host, mut os) = fakes();
+    os.files.insert(INSTANCE_CONFIG_PATH, NET_INSTANCE);
+    let line = format!(
+        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","instance_id":"web-2","hostname":"clone-2","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}}}}"#
+    );
+    deliver(&mut os, &format!("{line}\n"));
+    assert_eq!(run(&mut host, &mut os), 0);
+    let record = format!(
+        r#"{{"instance_id":"web-2","hostname":"clone-2","generation_id":"{GEN}","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}}}}"#
+    );
+    let want = [
+        "reseed a0..b1".to_string(),
+        "hostname clone-2".into(),
+        "replace net 10.0.1.7/24 via 10.0.1.1".into(),
+        "resolv nameserver 10.0.1.1".into(),
+        format!("replace /run/herd/identity.json {record}\n"),
+        "reaped 42".into(),
+    ];
+    assert_eq!(log_from(&log, "reseed"), want, "and no SIGTERM: not a stop");
+}
+
+#[test]
+fn a_restore_naming_nothing_else_keeps_the_booted_identity_in_the_file() {
+    let (log, mut host, mut os) = fakes();
+    deliver(
+        &mut os,
+        &format!("restored {{\"entropy\":\"{ENTROPY}\",\"generation_id\":\"{GEN}\"}}\n"),
+    );
+    assert_eq!(run(&mut host, &mut os), 0);
+    let record = format!(
+        r#"{{"instance_id":"i","hostname":"web-1","generation_id":"{GEN}","network":null}}"#
+    );
+    let want = [
+        "reseed a0..b1".to_string(),
+        format!("replace /run/herd/identity.json {record}\n"),
+        "reaped 42".into(),
+    ];
+    assert_eq!(
+        log_from(&log, "reseed"),
+        want,
+        "no hostname or network change"
+    );
+}
+
+#[test]
+fn a_failed_reseed_is_a_warning_and_the_rest_of_the_restore_still_happens() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_reseed = true;
+    let line = format!(
+        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","hostname":"clone-2"}}"#
+    );
+    deliver(&mut os, &format!("{line}\n"));
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = log_from(&log, "reseed");
+    assert_eq!(log[1], "hostname clone-2");
+    assert!(
+        log[2].starts_with("replace /run/herd/identity.json "),
+        "{log:?}"
+    );
+    let err = restore::RestoreError::Rng(HostError::Rng {
+        step: "credit it (RNDADDENTROPY)",
+        source: io_err(libc::EPERM),
+    });
+    assert!(
+        one_line(&err).starts_with(
+            "restore: the random number generator was not reseeded: cannot reseed the \
+             kernel's random number generator: cannot credit it (RNDADDENTROPY): "
+        ),
+        "{}",
+        one_line(&err)
+    );
+}
+
+#[test]
+fn a_malformed_restore_changes_nothing_and_a_later_stop_still_works() {
+    let (log, mut host, mut os) = fakes();
+    let bad = format!(r#"restored {{"generation_id":"{GEN}","entropy":"00"}}"#);
+    os.control = format!("{bad}\nstop\n").into_bytes();
+    os.events = [Event::Control(os.control.len()), sig(Signal::Child)].into();
+    os.reaps = [Some((42, libc::SIGTERM))].into();
+    assert_eq!(run(&mut host, &mut os), 143);
+    let log = log_from(&log, "open /dev/ttyS1");
+    assert_eq!(log, ["open /dev/ttyS1", "kill 42 Term", "reaped 42"]);
 }

@@ -36,6 +36,8 @@ pub enum ConfigError {
 pub struct Plan {
     /// The app's argv, environment and working directory.
     pub launch: Launch,
+    /// The instance's id; `None` without an instance configuration.
+    pub instance_id: Option<String>,
     /// The instance's hostname; `None` without an instance configuration.
     pub hostname: Option<String>,
     /// The instance's network settings, if it has any.
@@ -61,6 +63,7 @@ pub fn plan(image: Option<&str>, instance: Option<&str>) -> Result<Plan, ConfigE
         .map(|n| n.parse())
         .transpose()
         .map_err(|why| ConfigError::Invalid(ProtoError::Invalid(INSTANCE_CONFIG_PATH, why)))?;
+    let instance_id = instance.as_ref().map(|i| i.instance_id.clone());
     let hostname = instance.map(|i| i.hostname);
     if let Some(name) = &hostname {
         if name.is_empty() || name.len() > HOSTNAME_MAX {
@@ -72,6 +75,7 @@ pub fn plan(image: Option<&str>, instance: Option<&str>) -> Result<Plan, ConfigE
     }
     Ok(Plan {
         launch,
+        instance_id,
         hostname,
         network,
         rootfs,
@@ -105,7 +109,7 @@ mod tests {
         assert_eq!(p.launch.argv, ["/app/hello", "-v", "a"]);
         assert_eq!(p.launch.env.len(), 2);
         assert_eq!(p.launch.workdir, "/w");
-        assert_eq!(p.hostname, None);
+        assert_eq!((p.instance_id, p.hostname), (None, None));
     }
 
     #[test]
@@ -122,6 +126,7 @@ mod tests {
             .collect();
         assert_eq!(env, ["A=1", "B=x", "C=y"]);
         assert_eq!(p.hostname.as_deref(), Some("web-1"));
+        assert_eq!(p.instance_id.as_deref(), Some("i-1"));
         let null_args = r#"{"instance_id":"i","hostname":"h","args":null}"#;
         assert_eq!(
             plan(Some(IMAGE), Some(null_args)).unwrap().launch.argv[2],

@@ -1,8 +1,9 @@
 //! The seams between init's logic and the kernel: [`Host`] for the privileged effects on the
-//! machine (mounts, hostname, loopback, network, boot timer, ending the VM) and [`Os`] for the ordinary
-//! process calls (signals, spawning, reaping, files, the control port). Also the fixed data
-//! those effects use: which filesystems go where ([`MOUNTS`]), which `/dev` links exist
-//! ([`DEV_LINKS`]), where the control port is ([`CONTROL_PORT`]).
+//! machine (mounts, hostname, loopback, network, random number generator, boot timer, ending
+//! the VM) and [`Os`] for the ordinary process calls (signals, spawning, reaping, files, the
+//! control port). Also the fixed data those effects use: which filesystems go where
+//! ([`MOUNTS`]), which `/dev` links exist ([`DEV_LINKS`]), where the control port is
+//! ([`CONTROL_PORT`]).
 //!
 //! Keeping every effect behind these two traits lets [`crate::boot`] be unit-tested with a
 //! recording fake, lets `herd-init-testhost` swap only the effects that would touch the real
@@ -11,6 +12,8 @@
 use std::io;
 
 use herd_proto::{Launch, Network, Rootfs};
+
+use crate::identity::ENTROPY_BYTES;
 
 /// A process id.
 pub type Pid = i32;
@@ -49,6 +52,12 @@ pub enum HostError {
     },
     #[error("cannot write /etc/resolv.conf")]
     ResolvConf(#[source] io::Error),
+    #[error("cannot reseed the kernel's random number generator: cannot {step}")]
+    Rng {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot switch root to {fstype} {device}: cannot {step}")]
     SwitchRoot {
         device: String,
@@ -200,6 +209,14 @@ pub trait Host {
     /// Gives the first interface other than `lo` the instance's address and netmask, brings
     /// it up and adds the default route; returns the interface's name.
     fn configure_network(&mut self, network: &Network) -> Result<String, HostError>;
+    /// Moves the interface [`Host::configure_network`] configured to `network` after a
+    /// restore: the old default route goes, the address is replaced (the old one is removed),
+    /// and the new default route, if any, is added. Returns the interface's name.
+    fn replace_network(&mut self, network: &Network) -> Result<String, HostError>;
+    /// Mixes `entropy` into the kernel's random pool, credits it, and makes the kernel reseed
+    /// its generator from the pool at once (so no output after this derives from the state a
+    /// snapshot captured).
+    fn reseed_rng(&mut self, entropy: &[u8; ENTROPY_BYTES]) -> Result<(), HostError>;
     /// Makes `text` the content of `/etc/resolv.conf` (see `docs/image-format.md`).
     fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError>;
     /// Mounts the image's root filesystem read-only at [`NEWROOT`] (waiting briefly for the
@@ -218,6 +235,10 @@ pub trait Os {
     fn block_signals(&mut self) -> io::Result<()>;
     /// Reads a UTF-8 file; `Ok(None)` if it does not exist.
     fn read_file(&mut self, path: &str) -> io::Result<Option<String>>;
+    /// Makes `text` the content of `path` (mode 0644) atomically: written under a temporary
+    /// name in the same directory, then renamed over `path`, so a reader sees the old
+    /// content or the new, never a mix. Creates the directory if missing.
+    fn replace_file(&mut self, path: &str, text: &str) -> io::Result<()>;
     /// Whether `path` names an existing file (following symbolic links).
     fn exists(&mut self, path: &str) -> bool;
     /// Changes init's working directory (the app inherits it).

@@ -212,6 +212,72 @@ fn a_stop_request_on_the_control_port_reaches_the_app_as_sigterm() {
 }
 
 #[test]
+fn a_restored_request_renames_the_host_moves_eth0_and_rewrites_the_identity_file() {
+    require_namespaces!(
+        "a_restored_request_renames_the_host_moves_eth0_and_rewrites_the_identity_file"
+    );
+    // Init writes the identity file last, so once it is there the rest is done.
+    let script = r#"
+: > /out/ready
+while [ ! -e /run/herd/identity.json ]; do sleep 0.02; done
+echo "identity=$(cat /run/herd/identity.json)"
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+ip -4 -o addr show dev eth0 | while read -r n dev family addr rest; do echo "addr=$addr"; done
+echo "route=$(ip -4 route show default)"
+sed 's/^/resolv=/' /etc/resolv.conf
+"#;
+    let mut guest = Guest::new(&sh_image(script, &[], &[], "/"));
+    guest.with_eth0();
+    guest.control_port();
+    guest.instance(
+        r#"{"instance_id":"web-1","hostname":"web-1","network":{"address":"10.0.0.2/24","gateway":"10.0.0.1","dns":["10.0.0.1"]}}"#,
+    );
+    let running = guest.start();
+    running.wait_for_file("/out/ready");
+    let generation = "00112233445566778899aabbccddeeff";
+    let network =
+        serde_json::json!({"address": "10.0.1.7/24", "gateway": "10.0.1.1", "dns": ["9.9.9.9"]});
+    let request = serde_json::json!({
+        "generation_id": generation,
+        "entropy": "ab".repeat(32),
+        "instance_id": "web-2",
+        "hostname": "clone-2",
+        "network": network,
+    });
+    running.send_control(&format!("restored {request}\n"));
+    let out = running.wait();
+    out.assert_status(0);
+    assert_eq!(out.value("hostname"), "clone-2");
+    assert_eq!(
+        out.values("addr"),
+        ["10.0.1.7/24"],
+        "the old address is gone"
+    );
+    assert!(
+        out.value("route")
+            .starts_with("default via 10.0.1.1 dev eth0"),
+        "{out:#?}"
+    );
+    assert_eq!(out.values("resolv")[1..], ["nameserver 9.9.9.9"]);
+    let identity: serde_json::Value = serde_json::from_str(out.value("identity")).unwrap();
+    let want = serde_json::json!({
+        "instance_id": "web-2",
+        "hostname": "clone-2",
+        "generation_id": generation,
+        "network": network,
+    });
+    assert_eq!(identity, want);
+    let lines = out.init_lines();
+    for line in [
+        "herd-init: test host: random number generator reseed with 32 bytes skipped".to_string(),
+        "herd-init: eth0 is now 10.0.1.7/24 via 10.0.1.1".into(),
+        format!("herd-init: restored as web-2 (generation {generation})"),
+    ] {
+        assert!(lines.contains(&line.as_str()), "{line:?} in {lines:#?}");
+    }
+}
+
+#[test]
 fn orphans_are_reparented_to_init_and_reaped() {
     require_namespaces!("orphans_are_reparented_to_init_and_reaped");
     // Each inner shell exits at once, leaving its sleep to PID 1. The script waits (up to 5 s,

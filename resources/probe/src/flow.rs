@@ -202,6 +202,7 @@ mod tests {
             port: 7,
             health: crate::serve::Health::Ok,
             exit_after: Some(4),
+            instance_id: crate::serve::InstanceId::new(b"i").unwrap(),
         };
         assert_eq!(
             opts.serve, want,

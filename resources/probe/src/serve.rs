@@ -1,21 +1,27 @@
 //! `probe.end=serve`: after its report the probe stays up like a long-running app and answers
 //! health checks on vsock, so the agent's supervisor can be tested against a guest that
-//! turns unhealthy or exits when told to. This module is the logic, apart from any device:
-//! what the instance's environment asks ([`ServeOptions`], read from `herd/image.json` and
-//! `herd/instance.json` by [`env`]), and the connection table ([`Server`]) that turns the
-//! host's packets into replies. The guest's loop (`serving` in the binary) moves the packets
-//! and sleeps on the local APIC timer between polls.
+//! turns unhealthy or exits when told to, or is snapshotted and restored as a clone. This
+//! module is the logic, apart from any device: what the instance's files ask
+//! ([`ServeOptions`], read from `herd/image.json` and `herd/instance.json` by [`env`]), the
+//! connection table ([`Server`]) that turns the host's packets into replies, and the control
+//! port's requests ([`control`]: stop, or a new identity after a restore). The guest's loop
+//! (`serving` in the binary) moves the packets and bytes and sleeps on the local APIC timer
+//! between polls.
 //!
 //! The protocol: a host client connects through herd-vmm's socket (`CONNECT <port>\n`, so the
-//! device sends us a `REQUEST`), writes `health\n` and gets `ok\n` or `fail\n`; any other
-//! line gets `error\n` (not counted as a check). Either way we then shut the stream down;
-//! the host's `RST` that follows finds no stream and is dropped.
+//! device sends us a `REQUEST`), writes one request line and gets one answer: `health\n` gets
+//! `ok\n` or `fail\n` (a health check), `count\n` gets `count=<N>\n` (the timer ticks the
+//! loop has counted: it lives in guest RAM, so a restored clone goes on from its snapshot's
+//! count), `id\n` gets `id=<instance id>\n` (`id=none` without one); any other line gets
+//! `error\n`. Only `health` counts as a check. Either way we then shut the stream down; the
+//! host's `RST` that follows finds no stream and is dropped.
 //! Lines: `probe: serve port=P` once serving, `probe: serve checks=N` when it ends.
 
+pub mod control;
 pub mod env;
 
 use crate::cmdline::parse_u32;
-use crate::out::Sink;
+use crate::out::{Sink, dec};
 use crate::virtio::vsock::{
     Hdr, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
     SHUTDOWN_BOTH,
@@ -28,6 +34,11 @@ pub const DEFAULT_PORT: u32 = 5000;
 pub const MAX_CONNS: usize = 8;
 /// Longest request line; a longer one is answered `error`.
 pub const MAX_LINE: usize = 32;
+/// Longest instance id kept (herd's are a service name of at most 32 bytes, `-` and 8 hex
+/// digits); a longer one is not taken.
+pub const ID_MAX: usize = 128;
+/// Longest answer: `id=`, the longest id and `\n`.
+const ANSWER_MAX: usize = 4 + ID_MAX;
 /// Environment variables that set the behaviour.
 pub const HEALTH_VAR: &[u8] = b"PROBE_HEALTH";
 pub const EXIT_AFTER_VAR: &[u8] = b"PROBE_EXIT_AFTER";
@@ -67,7 +78,62 @@ impl Health {
     }
 }
 
-/// What `probe.end=serve` does: its command-line word and the instance's environment.
+/// Whether a raw JSON string value is one the probe takes and prints as it is: 1 to `max`
+/// bytes of printable ASCII without spaces or backslashes (so no escapes to decode).
+pub fn plain(raw: &[u8], max: usize) -> bool {
+    (1..=max).contains(&raw.len()) && raw.iter().all(|&b| b.is_ascii_graphic() && b != b'\\')
+}
+
+/// The instance's id, as `id` answers it: from `herd/instance.json`, then from each
+/// `restored` control request that names one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct InstanceId {
+    buf: [u8; ID_MAX],
+    /// 0: no id.
+    len: usize,
+}
+
+impl InstanceId {
+    /// No id known.
+    pub const NONE: InstanceId = InstanceId {
+        buf: [0; ID_MAX],
+        len: 0,
+    };
+
+    /// The id `raw` (a raw JSON string value), if it is [`plain`] and at most [`ID_MAX`] bytes.
+    pub fn new(raw: &[u8]) -> Option<Self> {
+        if !plain(raw, ID_MAX) {
+            return None;
+        }
+        let mut id = InstanceId::NONE;
+        id.buf[..raw.len()].copy_from_slice(raw);
+        id.len = raw.len();
+        Some(id)
+    }
+
+    /// The id, or `none` without one.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self.len {
+            0 => b"none",
+            n => &self.buf[..n],
+        }
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        InstanceId::NONE
+    }
+}
+
+impl core::fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Plain ASCII by construction.
+        f.write_str(core::str::from_utf8(self.as_bytes()).unwrap_or("?"))
+    }
+}
+
+/// What `probe.end=serve` does: its command-line word and the instance's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
     /// The vsock port checks arrive on (`probe.serve.port=P`).
@@ -75,6 +141,8 @@ pub struct ServeOptions {
     pub health: Health,
     /// End after answering this many checks (`PROBE_EXIT_AFTER`).
     pub exit_after: Option<u32>,
+    /// `instance_id` of `herd/instance.json`.
+    pub instance_id: InstanceId,
 }
 
 impl Default for ServeOptions {
@@ -83,6 +151,7 @@ impl Default for ServeOptions {
             port: DEFAULT_PORT,
             health: Health::Ok,
             exit_after: None,
+            instance_id: InstanceId::NONE,
         }
     }
 }
@@ -108,6 +177,49 @@ impl ServeOptions {
                 self.exit_after = Some(n);
             }
         }
+        if let Some(id) = instance
+            .and_then(|doc| env::string(doc, b"instance_id"))
+            .and_then(InstanceId::new)
+        {
+            self.instance_id = id;
+        }
+    }
+}
+
+/// The bytes of one answer (the longest is `id=` with an [`ID_MAX`]-byte id).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    buf: [u8; ANSWER_MAX],
+    len: usize,
+}
+
+impl Answer {
+    /// No payload (a packet without data).
+    const EMPTY: Answer = Answer {
+        buf: [0; ANSWER_MAX],
+        len: 0,
+    };
+
+    /// `parts` one after another (cut at [`ANSWER_MAX`] bytes, which no answer reaches).
+    fn of(parts: &[&[u8]]) -> Self {
+        let mut a = Answer::EMPTY;
+        for &b in parts.iter().flat_map(|p| p.iter()) {
+            if let Some(slot) = a.buf.get_mut(a.len) {
+                *slot = b;
+                a.len += 1;
+            }
+        }
+        a
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl core::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
     }
 }
 
@@ -115,7 +227,7 @@ impl ServeOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
     pub hdr: Hdr,
-    pub payload: &'static [u8],
+    pub payload: Answer,
     pub fwd: u32,
 }
 
@@ -163,6 +275,10 @@ pub struct Server {
     conns: [Conn; MAX_CONNS],
     /// Health checks answered so far.
     pub checks: u32,
+    /// What `count` answers: the loop's timer ticks, as of its last poll.
+    pub ticks: u64,
+    /// What `id` answers.
+    pub id: InstanceId,
 }
 
 /// Header from us for a packet `h` received (ports swapped).
@@ -184,6 +300,8 @@ impl Server {
             health,
             conns: [FREE; MAX_CONNS],
             checks: 0,
+            ticks: 0,
+            id: InstanceId::NONE,
         }
     }
 
@@ -202,7 +320,7 @@ impl Server {
         let reset = |fwd| {
             Replies::one(Reply {
                 hdr: reply_to(h, OP_RST, 0),
-                payload: &[],
+                payload: Answer::EMPTY,
                 fwd,
             })
         };
@@ -215,7 +333,7 @@ impl Server {
                     };
                     Replies::one(Reply {
                         hdr: reply_to(h, OP_RESPONSE, 0),
-                        payload: &[],
+                        payload: Answer::EMPTY,
                         fwd: 0,
                     })
                 }
@@ -224,7 +342,7 @@ impl Server {
             (OP_RW, Some(i)) => self.data(i, h, payload),
             (OP_CREDIT_REQUEST, Some(i)) => Replies::one(Reply {
                 hdr: reply_to(h, OP_CREDIT_UPDATE, 0),
-                payload: &[],
+                payload: Answer::EMPTY,
                 fwd: self.conns[i].fwd,
             }),
             // The host gave up on the stream (or asked to open it twice): drop it.
@@ -261,13 +379,19 @@ impl Server {
         let line = &c.line[..c.len];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let fwd = c.fwd;
-        let answer: &'static [u8] = match (fits, line == b"health") {
-            (true, true) => {
+        let answer = match (fits, line) {
+            (true, b"health") => {
                 let pass = self.health.passes(self.checks);
                 self.checks = self.checks.saturating_add(1);
-                if pass { b"ok\n" } else { b"fail\n" }
+                Answer::of(&[if pass { b"ok\n" } else { b"fail\n" }])
             }
-            _ => b"error\n",
+            (true, b"count") => {
+                let mut digits = [0u8; 20];
+                let n = dec(self.ticks, &mut digits);
+                Answer::of(&[b"count=", &digits[digits.len() - n..], b"\n"])
+            }
+            (true, b"id") => Answer::of(&[b"id=", self.id.as_bytes(), b"\n"]),
+            _ => Answer::of(&[b"error\n"]),
         };
         self.conns[i] = FREE;
         Replies {
@@ -279,7 +403,7 @@ impl Server {
                 }),
                 Some(Reply {
                     hdr: reply_to(h, OP_SHUTDOWN, SHUTDOWN_BOTH),
-                    payload: &[],
+                    payload: Answer::EMPTY,
                     fwd,
                 }),
             ],

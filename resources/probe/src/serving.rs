@@ -1,15 +1,17 @@
 //! `probe.end=serve` on the real machine: the probe stays up like a long-running app,
-//! answering health checks on the vsock device (the protocol and the environment's say are
+//! answering requests on the vsock device (the protocol and the environment's say are
 //! `herd_probe::serve`) until herd-vmm asks it to stop on the control port (COM2) or it has
-//! answered `PROBE_EXIT_AFTER` checks. Between polls of the receive ring and COM2 it halts
-//! until the next LAPIC timer tick ([`Ticker`]), so an idle probe costs the host a wake-up
-//! every [`TICK_MS`], not a busy CPU; a check waits at most a tick or two for each packet.
-//! Without a usable vsock device it says why and still waits for the stop request.
+//! answered `PROBE_EXIT_AFTER` checks; a `restored` line on COM2 gives it a new identity
+//! (`herd_probe::serve::control`). Between polls of the receive ring and COM2 it halts
+//! until the next LAPIC timer tick ([`Ticker`], which also counts the ticks `count`
+//! answers), so an idle probe costs the host a wake-up every [`TICK_MS`], not a busy CPU; a
+//! request waits at most a tick or two for each packet. Without a usable vsock device it
+//! says why and still serves the control port.
 
 use herd_probe::cmdline::Options;
 use herd_probe::hw::MmioRegs;
-use herd_probe::report;
-use herd_probe::serial::{COM2, Com1, Uart};
+use herd_probe::serial::{COM2, Com1};
+use herd_probe::serve::control::{self, ControlLine};
 use herd_probe::serve::{self, Server};
 use herd_probe::virtio::{Device, vsock};
 use herd_probe::virtq::Virtq;
@@ -17,19 +19,19 @@ use herd_probe::virtq::Virtq;
 use crate::devices::VSOCK_BUFFERS;
 use crate::ticker::Ticker;
 
-/// The LAPIC timer period: how long a packet or stop request can wait for the probe.
+/// The LAPIC timer period: how long a packet or control request can wait for the probe.
 const TICK_MS: u32 = 10;
-/// Longest control request kept (the rest of a longer line is dropped).
-const CONTROL_MAX: usize = 64;
 
 type Link<'a> = vsock::Link<'a, MmioRegs>;
 
-/// Serves until stopped; prints `probe: serve port=P` once serving, then
-/// `probe: control=<line>` if asked to stop, and `probe: serve checks=N`.
+/// Serves until stopped; prints `probe: serve port=P` once serving, a `probe: restored ...`
+/// line for each restore, `probe: control=<line>` if asked to stop, and
+/// `probe: serve checks=N`.
 pub fn run(con: &mut Com1, opts: &Options) {
     let ticker = Ticker::start(TICK_MS);
     let want = &opts.serve;
     let mut server = Server::new(want.port, want.health);
+    server.id = want.instance_id;
     let limit = want.exit_after.unwrap_or(u32::MAX);
     let found = opts.virtio[..opts.virtio_count]
         .iter()
@@ -47,6 +49,7 @@ pub fn run(con: &mut Com1, opts: &Options) {
     let mut control = ControlLine::default();
     let mut com2 = COM2;
     loop {
+        server.ticks = ticker.count();
         if let Some(l) = link.as_mut()
             && let Err(why) = drain(l, &mut server, limit)
         {
@@ -56,8 +59,9 @@ pub fn run(con: &mut Com1, opts: &Options) {
         if server.checks >= limit {
             break;
         }
-        if let Some(line) = control.poll(&mut com2) {
-            report::control(con, line);
+        if let Some(request) = control.poll(|| com2.try_get())
+            && control::handle(con, &mut server, request)
+        {
             break;
         }
         ticker.wait();
@@ -89,41 +93,8 @@ fn drain(link: &mut Link<'_>, server: &mut Server, limit: u32) -> Result<(), &'s
             return Ok(());
         };
         for r in replies.iter() {
-            link.send_in_place(r.hdr, r.payload, r.fwd)?;
+            link.send_in_place(r.hdr, r.payload.as_bytes(), r.fwd)?;
         }
     }
     Ok(())
-}
-
-/// A control request being received, byte by byte as the UART has them.
-#[derive(Debug)]
-struct ControlLine {
-    buf: [u8; CONTROL_MAX],
-    len: usize,
-}
-
-impl Default for ControlLine {
-    fn default() -> Self {
-        ControlLine {
-            buf: [0; CONTROL_MAX],
-            len: 0,
-        }
-    }
-}
-
-impl ControlLine {
-    /// Takes what has arrived; the line (without `\r\n`) once it is complete.
-    fn poll(&mut self, uart: &mut Uart) -> Option<&[u8]> {
-        while let Some(b) = uart.try_get() {
-            if b == b'\n' {
-                let line = &self.buf[..self.len];
-                return Some(line.strip_suffix(b"\r").unwrap_or(line));
-            }
-            if let Some(slot) = self.buf.get_mut(self.len) {
-                *slot = b;
-                self.len += 1;
-            }
-        }
-        None
-    }
 }

@@ -7,8 +7,13 @@
 //! Nothing else can interrupt: LINT0 (the PIC, wired as ExtINT by herd-vmm) is masked here
 //! and the IOAPIC's pins stay masked as reset left them, so virtio interrupts are not
 //! delivered and the loop polls the rings at each tick instead.
+//!
+//! The handler also counts the ticks it takes ([`Ticker::count`]) in a static in guest RAM:
+//! a snapshot carries the count, so a restored probe keeps counting from where it was (the
+//! `count` request of `probe.end=serve` reports it).
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The LAPIC's registers (xAPIC, memory-mapped; identity-mapped by the probe's page tables).
 const LAPIC: u64 = 0xfee0_0000;
@@ -33,13 +38,19 @@ const VECTORS: usize = SPURIOUS_VECTOR as usize + 1;
 /// Type byte of a present, ring-0, 64-bit interrupt gate.
 const INTERRUPT_GATE: u64 = 0x8e;
 
-// The handlers: EOI for the timer, nothing for a spurious interrupt (which takes no EOI).
-// `mov eax, imm32` zero-extends, so rax holds the EOI register's address below 4 GiB.
+/// Timer interrupts taken since [`Ticker::start`] (in this VM or the one it was restored
+/// from); only the timer handler writes it.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+// The handlers: count and EOI for the timer, nothing for a spurious interrupt (which takes no
+// EOI). `lock inc` is the atomic add `TICKS` is read against. `mov eax, imm32` zero-extends,
+// so rax holds the EOI register's address below 4 GiB.
 global_asm!(
     r#"
     .section .text.probe_ticker, "ax"
     .global probe_timer_interrupt
 probe_timer_interrupt:
+    lock inc qword ptr [rip + {ticks}]
     push rax
     mov eax, {eoi}
     mov dword ptr [rax], 0
@@ -50,6 +61,7 @@ probe_spurious_interrupt:
     iretq
 "#,
     eoi = const LAPIC + REG_EOI,
+    ticks = sym TICKS,
 );
 
 unsafe extern "C" {
@@ -128,6 +140,12 @@ impl Ticker {
             count.clamp(1, u64::from(u32::MAX)) as u32,
         );
         Ticker(())
+    }
+
+    /// Timer ticks taken so far. Ticks that fall due while interrupts are off (the loop is
+    /// busy for more than a period) are taken as one when it next waits.
+    pub fn count(&self) -> u64 {
+        TICKS.load(Ordering::Relaxed)
     }
 
     /// Halts until the next interrupt (at the latest the next tick).

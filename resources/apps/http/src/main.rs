@@ -2,10 +2,18 @@
 //! on `0.0.0.0:$PORT` (default 8080) and answers `GET /` with a greeting naming its host and
 //! `GET /healthz` with `ok`; anything else gets 404, a malformed request 400. One thread per
 //! connection, `Connection: close`, no dependencies.
+//!
+//! The name in the greeting is the instance id herd-init last wrote to [`IDENTITY_FILE`],
+//! read at each request: that file appears, and changes, when the VM is restored from a
+//! snapshot as a clone (`docs/snapshots.md`), so each clone names itself. Without it, the
+//! hostname at start.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+/// herd-init's record of the instance's current identity after a restore.
+const IDENTITY_FILE: &str = "/run/herd/identity.json";
 
 /// A response: status line and body.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +60,26 @@ fn route(request_line: &str, host: &str) -> Response {
     }
 }
 
+/// The name to greet with: the `instance_id` in the identity file at `path`, else `fallback`.
+fn current_name(path: &str, fallback: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .as_deref()
+        .and_then(instance_id)
+        .unwrap_or(fallback)
+        .to_owned()
+}
+
+/// `instance_id` of herd-init's compact identity JSON, if it is a string without escapes.
+/// Without a JSON parser: `"instance_id":"` cannot occur inside a JSON string (its quotes
+/// would be escaped there), so the first occurrence is the member.
+fn instance_id(json: &str) -> Option<&str> {
+    const MEMBER: &str = r#""instance_id":""#;
+    let rest = &json[json.find(MEMBER)? + MEMBER.len()..];
+    let value = &rest[..rest.find('"')?];
+    (!value.is_empty() && !value.contains('\\')).then_some(value)
+}
+
 fn serve(stream: TcpStream, host: &str) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -62,7 +90,7 @@ fn serve(stream: TcpStream, host: &str) -> std::io::Result<()> {
     while reader.read_line(&mut header)? > 2 {
         header.clear();
     }
-    let r = route(request_line.trim_end(), host);
+    let r = route(request_line.trim_end(), &current_name(IDENTITY_FILE, host));
     let head_only = request_line.starts_with("HEAD ");
     let mut out = stream;
     write!(
@@ -122,6 +150,31 @@ mod tests {
         );
         assert_eq!(route("garbage", "vm1").status, "400 Bad Request");
         assert_eq!(route("GET / SPDY/3", "vm1").status, "400 Bad Request");
+    }
+
+    #[test]
+    fn the_instance_id_comes_from_the_identity_file_when_there_is_one() {
+        let record = r#"{"instance_id":"web-2","hostname":"instance_id","generation_id":"00","network":null}"#;
+        assert_eq!(instance_id(record), Some("web-2"));
+        for unusable in [
+            r#"{"instance_id":null,"hostname":"h"}"#,
+            r#"{"instance_id":"","hostname":"h"}"#,
+            r#"{"instance_id":"a\"b","hostname":"h"}"#,
+            r#"{"hostname":"\"instance_id\":\"x\""}"#,
+            r#"{"instance_id":"cut"#,
+        ] {
+            assert_eq!(instance_id(unusable), None, "{unusable}");
+        }
+        let path = std::env::temp_dir().join(format!("herd-http-identity-{}", std::process::id()));
+        let path_str = path.to_str().unwrap();
+        assert_eq!(
+            current_name(path_str, "vm1"),
+            "vm1",
+            "no file: the hostname"
+        );
+        std::fs::write(&path, record).unwrap();
+        assert_eq!(current_name(path_str, "vm1"), "web-2");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

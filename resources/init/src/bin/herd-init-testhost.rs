@@ -1,8 +1,10 @@
 //! `herd-init-testhost`: herd-init for the namespace tests (see the crate docs, "The test
-//! host"). Identical to `herd-init` except for the three effects that would reach the build
-//! host's hardware: the boot timer is a log line; ending the VM writes the status to the file
-//! named by `HERD_INIT_TEST_EXIT_FILE` and exits with it; and the control port is the FIFO
-//! [`TEST_CONTROL_PORT`] if the test made one (never the host's `/dev/ttyS1`). It also logs how long init took from
+//! host"). Identical to `herd-init` except for the four effects that would reach the build
+//! host's hardware or kernel: the boot timer is a log line; ending the VM writes the status
+//! to the file named by `HERD_INIT_TEST_EXIT_FILE` and exits with it; the control port is the
+//! FIFO [`TEST_CONTROL_PORT`] if the test made one (never the host's `/dev/ttyS1`); and a
+//! restore's reseed is a log line (the build host's random pool is not credited with bytes a
+//! test wrote). It also logs how long init took from
 //! `main` to the boot timer and to the app running (`posix_spawn` returns once the app has
 //! exec'd), which is init's own share of boot time.
 
@@ -12,6 +14,7 @@ use std::time::Instant;
 
 use herd_init::boot::say;
 use herd_init::host::{Event, Host, HostError, Mount, Os, Pid, Signal};
+use herd_init::identity::ENTROPY_BYTES;
 use herd_init::sys::{RealHost, RealOs};
 use herd_proto::{Launch, Network, Rootfs};
 
@@ -43,6 +46,16 @@ impl Host for TestHost {
     }
     fn configure_network(&mut self, network: &Network) -> Result<String, HostError> {
         self.real.configure_network(network)
+    }
+    fn replace_network(&mut self, network: &Network) -> Result<String, HostError> {
+        self.real.replace_network(network)
+    }
+    fn reseed_rng(&mut self, entropy: &[u8; ENTROPY_BYTES]) -> Result<(), HostError> {
+        let n = entropy.len();
+        say(format_args!(
+            "test host: random number generator reseed with {n} bytes skipped"
+        ));
+        Ok(())
     }
     fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
         self.real.write_resolv_conf(text)
@@ -78,6 +91,9 @@ impl Os for TestOs {
     }
     fn read_file(&mut self, path: &str) -> io::Result<Option<String>> {
         self.real.read_file(path)
+    }
+    fn replace_file(&mut self, path: &str, text: &str) -> io::Result<()> {
+        self.real.replace_file(path, text)
     }
     fn exists(&mut self, path: &str) -> bool {
         self.real.exists(path)

@@ -1,4 +1,5 @@
-//! [`RealHost`]: the privileged effects on the guest machine, as libc calls.
+//! [`RealHost`]: the privileged effects on the guest machine, as libc calls (the network's
+//! and the random number generator's in `net` and `rng`).
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
@@ -8,9 +9,10 @@ use std::ptr;
 
 use herd_proto::Network;
 
-use super::{check, cstring, net};
+use super::{check, cstring, net, rng};
 use crate::boot::say;
 use crate::host::{Host, HostError, Mount};
+use crate::identity::ENTROPY_BYTES;
 
 /// Guest-physical address of herd-vmm's boot timer, and the byte that fires it.
 const DEV_MEM: &str = "/dev/mem";
@@ -83,20 +85,15 @@ impl Host for RealHost {
     }
 
     fn configure_network(&mut self, network: &Network) -> Result<String, HostError> {
-        let iface = net::first_interface()
-            .map_err(HostError::NoInterface)?
-            .ok_or_else(|| HostError::NoInterface(io::ErrorKind::NotFound.into()))?;
-        let err = |step, source| HostError::Network {
-            iface: iface.clone(),
-            step,
-            source,
-        };
-        net::set_address(&iface, network.address, network.netmask())
-            .map_err(|e| err("set its address", e))?;
-        if let Some(gw) = network.gateway {
-            net::add_default_route(&iface, gw).map_err(|e| err("add the default route", e))?;
-        }
-        Ok(iface)
+        set_network(network, false)
+    }
+
+    fn replace_network(&mut self, network: &Network) -> Result<String, HostError> {
+        set_network(network, true)
+    }
+
+    fn reseed_rng(&mut self, entropy: &[u8; ENTROPY_BYTES]) -> Result<(), HostError> {
+        rng::reseed(entropy).map_err(|(step, source)| HostError::Rng { step, source })
     }
 
     fn write_resolv_conf(&mut self, text: &str) -> Result<(), HostError> {
@@ -128,6 +125,28 @@ impl Host for RealHost {
         // Still running: exiting PID 1 panics the kernel, which reboots (panic=-1).
         std::process::exit(i32::from(status))
     }
+}
+
+/// The instance's interface gets `network`'s address, netmask and default route; with
+/// `replace`, its old default route goes first (`SIOCSIFADDR` replaces the old address).
+fn set_network(network: &Network, replace: bool) -> Result<String, HostError> {
+    let iface = net::first_interface()
+        .map_err(HostError::NoInterface)?
+        .ok_or_else(|| HostError::NoInterface(io::ErrorKind::NotFound.into()))?;
+    let err = |step, source| HostError::Network {
+        iface: iface.clone(),
+        step,
+        source,
+    };
+    if replace {
+        net::delete_default_route(&iface).map_err(|e| err("remove the old default route", e))?;
+    }
+    net::set_address(&iface, network.address, network.netmask())
+        .map_err(|e| err("set its address", e))?;
+    if let Some(gw) = network.gateway {
+        net::add_default_route(&iface, gw).map_err(|e| err("add the default route", e))?;
+    }
+    Ok(iface)
 }
 
 fn mount(m: &Mount) -> io::Result<()> {

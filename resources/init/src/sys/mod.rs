@@ -1,5 +1,7 @@
 //! The real kernel behind [`crate::host`]: [`RealHost`] (mounts, hostname, loopback, boot
-//! timer, exit-status port, the instance's network in `net`, switching root in `root`) and [`RealOs`] (signals, `posix_spawn`, `waitpid`, `kill`).
+//! timer, exit-status port, the instance's network in `net`, the random number generator's
+//! reseed in `rng`, switching root in `root`) and [`RealOs`] (signals, `posix_spawn`,
+//! `waitpid`, `kill`, files).
 //!
 //! This is the only module allowed `unsafe` (the crate denies it elsewhere). Every block does
 //! one libc call or one raw-pointer operation and says why it is sound.
@@ -9,6 +11,7 @@
 mod machine;
 mod net;
 mod process;
+mod rng;
 mod root;
 
 use std::ffi::{CString, c_char, c_int};

@@ -1,9 +1,10 @@
 //! The instance's network, with the classic `SIOC*` ioctls on an `AF_INET` datagram socket:
-//! address (`SIOCSIFADDR`), netmask (`SIOCSIFNETMASK`), `IFF_UP` (`SIOCSIFFLAGS`) and the
-//! default route (`SIOCADDRT`), plus `/etc/resolv.conf`. Ioctls rather than netlink: four
-//! fixed-size requests, no message parsing in PID 1.
+//! address (`SIOCSIFADDR`, which replaces the interface's address if it has one), netmask
+//! (`SIOCSIFNETMASK`), `IFF_UP` (`SIOCSIFFLAGS`) and the default route (`SIOCADDRT`, and
+//! `SIOCDELRT` when a restore moves it), plus `/etc/resolv.conf`. Ioctls rather than netlink:
+//! a few fixed-size requests, no message parsing in PID 1.
 
-use std::ffi::{CStr, c_short};
+use std::ffi::{CStr, CString, c_short};
 use std::fs::DirBuilder;
 use std::io;
 use std::net::Ipv4Addr;
@@ -128,19 +129,40 @@ pub fn loopback_up() -> io::Result<()> {
 
 /// Adds the default route through `gateway` on `name`.
 pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
-    let sock = inet_socket()?;
     let dev = cstring(name)?;
+    let mut route = default_route(&dev);
+    route.rt_gateway = sockaddr(gateway);
+    route.rt_flags |= libc::RTF_GATEWAY;
+    let sock = inet_socket()?;
+    // SAFETY: SIOCADDRT reads `route` and the device name it points to; both outlive the call
+    // and the kernel does not write through rt_dev.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &route) }).map(drop)
+}
+
+/// Removes the default route on `name`, whatever its gateway; none there is not an error.
+pub fn delete_default_route(name: &str) -> io::Result<()> {
+    let dev = cstring(name)?;
+    let route = default_route(&dev);
+    let sock = inet_socket()?;
+    // SAFETY: SIOCDELRT reads `route` and the device name it points to; both outlive the call
+    // and the kernel does not write through rt_dev. No gateway: any default route on `dev`.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCDELRT as _, &route) };
+    match check(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        result => result.map(drop),
+    }
+}
+
+/// A route to 0.0.0.0/0 on the device named `dev`, up, without a gateway yet.
+fn default_route(dev: &CString) -> libc::rtentry {
     // SAFETY: rtentry is plain data (integers, sockaddrs and a raw pointer); all zeroes is a
     // valid value of it.
     let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
     route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
     route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_gateway = sockaddr(gateway);
-    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    route.rt_flags = libc::RTF_UP;
     route.rt_dev = dev.as_ptr().cast_mut();
-    // SAFETY: SIOCADDRT reads `route` and the device name it points to; both outlive the call
-    // and the kernel does not write through rt_dev.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &route) }).map(drop)
+    route
 }
 
 /// Writes `/etc/resolv.conf`; if `/etc` is read-only, writes it under `/run` and bind-mounts

@@ -1,4 +1,5 @@
-//! [`RealOs`]: signals, `posix_spawn`, `waitpid`, `kill` and the control port, as libc calls.
+//! [`RealOs`]: signals, `posix_spawn`, `waitpid`, `kill`, files and the control port, as
+//! libc calls.
 //!
 //! Signals are taken synchronously: [`Signal`]s are blocked and read from a `signalfd`, which
 //! `poll` watches together with the control port, so init needs no handlers and no threads.
@@ -6,11 +7,12 @@
 //! discards unblocked ones), so nothing sent during setup is lost.
 
 use std::ffi::c_int;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
 use std::ptr;
 
 use herd_proto::Launch;
@@ -86,6 +88,25 @@ impl Os for RealOs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn replace_file(&mut self, path: &str, text: &str) -> io::Result<()> {
+        let path = Path::new(path);
+        if let Some(dir) = path.parent() {
+            DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+        }
+        // A fixed temporary name: only init writes these files, one at a time.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 
     fn exists(&mut self, path: &str) -> bool {
@@ -263,5 +284,33 @@ fn configure(attr: *mut libc::posix_spawnattr_t) -> io::Result<()> {
     match errors.into_iter().find(|&e| e != 0) {
         Some(err) => Err(io::Error::from_raw_os_error(err)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn replace_file_creates_the_directory_and_swaps_the_content_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/herd/identity.json");
+        let path_str = path.to_str().unwrap();
+        let mut os = RealOs::new();
+        os.replace_file(path_str, "first\n").unwrap();
+        // A reader holding the old file keeps the old content: the new one is a new inode.
+        let old = File::open(&path).unwrap();
+        os.replace_file(path_str, "second\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second\n");
+        assert_eq!(io::read_to_string(old).unwrap(), "first\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777 & !0o022, 0o644 & !0o022);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["identity.json"], "no temporary file left behind");
     }
 }

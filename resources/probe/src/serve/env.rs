@@ -1,10 +1,12 @@
-//! Reads one variable of the `env` object of `herd/image.json` or `herd/instance.json`
-//! without a JSON library: a scanner that follows the document's structure just enough to
-//! find the top-level `"env"` member and a key inside it, skipping every other value whole
-//! (strings with their escapes, nested objects and arrays). So a key or value that merely
-//! appears inside some other string (an argument, the hostname) is never taken for the
-//! variable. A value is returned raw, escapes included: the values the probe understands
-//! need none. Malformed documents yield nothing.
+//! Reads string members of small JSON objects without a JSON library: one variable of the
+//! `env` object of `herd/image.json` or `herd/instance.json` ([`var`]), and top-level members
+//! such as `instance_id` there or in the control port's `restored` line ([`string`]). A
+//! scanner follows the document's structure just enough to find the member, skipping every
+//! other value whole (strings with their escapes, nested objects and arrays). So a key or value
+//! that merely appears inside some other string (an argument, the hostname) is never taken for
+//! the member. A value is returned raw, escapes included: the values the probe understands
+//! need none. Malformed documents yield nothing; [`whole_object`] checks that a document is
+//! one complete object (brackets balanced, strings closed) before its members are trusted.
 
 /// Nesting the scanner follows in a skipped value; deeper documents yield nothing.
 const MAX_DEPTH: usize = 16;
@@ -110,4 +112,21 @@ impl<'a> Cursor<'a> {
 pub fn var<'a>(doc: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let mut c = Cursor { b: doc, at: 0 };
     c.member(b"env", |c| c.member(name, |c| c.string()))
+}
+
+/// The raw value of the top-level string member `key` of the object `doc`.
+pub fn string<'a>(doc: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    Cursor { b: doc, at: 0 }.member(key, |c| c.string())
+}
+
+/// Whether `doc` is one complete object and nothing else but whitespace (its structure, not
+/// every token, is checked: brackets balance and strings close).
+pub fn whole_object(doc: &[u8]) -> bool {
+    let mut c = Cursor { b: doc, at: 0 };
+    c.skip_ws();
+    if c.b.get(c.at) != Some(&b'{') || c.skip_value().is_none() {
+        return false;
+    }
+    c.skip_ws();
+    c.at == doc.len()
 }

@@ -12,20 +12,25 @@ fn from_host(op: u16, host_port: u32, port: u32) -> Hdr {
 }
 
 /// (op, payload, fwd) of each reply, all addressed back to `host_port` from `port`.
-fn sent(r: Replies, host_port: u32, port: u32) -> Vec<(u16, &'static [u8], u32)> {
+fn sent(r: Replies, host_port: u32, port: u32) -> Vec<(u16, Vec<u8>, u32)> {
     r.iter()
         .map(|r| {
             assert_eq!((r.hdr.src_port, r.hdr.dst_port), (port, host_port));
-            (r.hdr.op, r.payload, r.fwd)
+            (r.hdr.op, r.payload.as_bytes().to_vec(), r.fwd)
         })
         .collect()
 }
 
+/// A reply without payload.
+fn bare(op: u16, fwd: u32) -> (u16, Vec<u8>, u32) {
+    (op, Vec::new(), fwd)
+}
+
 /// Opens a stream from `host_port` and sends `line`; returns the answer's payload.
-fn check(s: &mut Server, host_port: u32, line: &[u8]) -> &'static [u8] {
+fn check(s: &mut Server, host_port: u32, line: &[u8]) -> Vec<u8> {
     let others = s.open();
     let open = s.packet(&from_host(OP_REQUEST, host_port, 5000), &[]);
-    assert_eq!(sent(open, host_port, 5000), [(OP_RESPONSE, &b""[..], 0)]);
+    assert_eq!(sent(open, host_port, 5000), [bare(OP_RESPONSE, 0)]);
     let got = sent(
         s.packet(&from_host(OP_RW, host_port, 5000), line),
         host_port,
@@ -34,12 +39,12 @@ fn check(s: &mut Server, host_port: u32, line: &[u8]) -> &'static [u8] {
     let n = line.len() as u32;
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!((got[0].0, got[0].2), (OP_RW, n));
-    assert_eq!(got[1], (OP_SHUTDOWN, &b""[..], n));
+    assert_eq!(got[1], bare(OP_SHUTDOWN, n));
     assert_eq!(s.open(), others, "closed after answering");
     // The host's reset for the stream we shut down finds nothing and needs nothing.
     let rst = s.packet(&from_host(OP_RST, host_port, 5000), &[]);
     assert_eq!(rst.iter().count(), 0);
-    got[0].1
+    got[0].1.clone()
 }
 
 #[test]
@@ -127,7 +132,7 @@ fn instance_env_wins_over_the_image_and_bad_values_are_ignored() {
 #[test]
 fn health_checks_are_answered_as_the_policy_says_then_shut_down() {
     let mut s = Server::new(5000, Health::FailAfter(2));
-    let answers: Vec<&[u8]> = (0..4)
+    let answers: Vec<Vec<u8>> = (0..4)
         .map(|i| check(&mut s, 1000 + i, b"health\n"))
         .collect();
     assert_eq!(answers, [&b"ok\n"[..], b"ok\n", b"fail\n", b"fail\n"]);
@@ -144,17 +149,17 @@ fn a_request_line_may_come_in_pieces_on_overlapping_streams() {
     let mut s = Server::new(5000, Health::Fail);
     for port in [1, 2] {
         let r = s.packet(&from_host(OP_REQUEST, port, 5000), &[]);
-        assert_eq!(sent(r, port, 5000), [(OP_RESPONSE, &b""[..], 0)]);
+        assert_eq!(sent(r, port, 5000), [bare(OP_RESPONSE, 0)]);
     }
     assert_eq!(s.open(), 2);
     let r = s.packet(&from_host(OP_RW, 1, 5000), b"hea");
     assert_eq!(r.iter().count(), 0, "waits for the rest of the line");
     let credit = s.packet(&from_host(OP_CREDIT_REQUEST, 1, 5000), &[]);
-    assert_eq!(sent(credit, 1, 5000), [(OP_CREDIT_UPDATE, &b""[..], 3)]);
+    assert_eq!(sent(credit, 1, 5000), [bare(OP_CREDIT_UPDATE, 3)]);
     let r = s.packet(&from_host(OP_RW, 2, 5000), b"health\n");
-    assert_eq!(sent(r, 2, 5000)[0], (OP_RW, &b"fail\n"[..], 7));
+    assert_eq!(sent(r, 2, 5000)[0], (OP_RW, b"fail\n".to_vec(), 7));
     let r = s.packet(&from_host(OP_RW, 1, 5000), b"lth\n");
-    assert_eq!(sent(r, 1, 5000)[0], (OP_RW, &b"fail\n"[..], 7));
+    assert_eq!(sent(r, 1, 5000)[0], (OP_RW, b"fail\n".to_vec(), 7));
     assert_eq!((s.open(), s.checks), (0, 2));
 }
 
@@ -165,13 +170,13 @@ fn streams_the_host_ends_are_freed_and_strangers_are_reset() {
         s.packet(&from_host(OP_REQUEST, port, 5000), &[]);
     }
     let full = s.packet(&from_host(OP_REQUEST, 99, 5000), &[]);
-    assert_eq!(sent(full, 99, 5000), [(OP_RST, &b""[..], 0)], "table full");
+    assert_eq!(sent(full, 99, 5000), [bare(OP_RST, 0)], "table full");
     s.packet(&from_host(OP_RW, 1, 5000), b"he");
     let bye = s.packet(&from_host(OP_SHUTDOWN, 1, 5000), &[]);
-    assert_eq!(sent(bye, 1, 5000), [(OP_RST, &b""[..], 2)]);
+    assert_eq!(sent(bye, 1, 5000), [bare(OP_RST, 2)]);
     assert_eq!(s.packet(&from_host(OP_RST, 2, 5000), &[]).iter().count(), 0);
     let twice = s.packet(&from_host(OP_REQUEST, 3, 5000), &[]);
-    assert_eq!(sent(twice, 3, 5000), [(OP_RST, &b""[..], 0)]);
+    assert_eq!(sent(twice, 3, 5000), [bare(OP_RST, 0)]);
     assert_eq!(s.open(), MAX_CONNS - 3);
     assert_eq!(
         check(&mut s, 1, b"health\n"),
@@ -179,20 +184,107 @@ fn streams_the_host_ends_are_freed_and_strangers_are_reset() {
         "a freed slot is reused"
     );
     let other_port = s.packet(&from_host(OP_REQUEST, 5, 5001), &[]);
-    assert_eq!(sent(other_port, 5, 5001), [(OP_RST, &b""[..], 0)]);
+    assert_eq!(sent(other_port, 5, 5001), [bare(OP_RST, 0)]);
     let stray = s.packet(&from_host(OP_RW, 77, 5000), b"health\n");
-    assert_eq!(sent(stray, 77, 5000), [(OP_RST, &b""[..], 0)]);
+    assert_eq!(sent(stray, 77, 5000), [bare(OP_RST, 0)]);
     for op in [OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE, 0] {
         assert_eq!(s.packet(&from_host(op, 77, 5000), &[]).iter().count(), 0);
     }
     let zero = s.packet(&from_host(OP_REQUEST, 0, 5000), &[]);
     assert_eq!(
         sent(zero, 0, 5000),
-        [(OP_RST, &b""[..], 0)],
+        [bare(OP_RST, 0)],
         "port 0 is no stream"
     );
     let mut v = Vec::new();
     report_num(&mut v, "port", 5000);
     report_num(&mut v, "checks", 3);
     assert_eq!(v, b"probe: serve port=5000\nprobe: serve checks=3\n");
+}
+
+#[test]
+fn count_and_id_are_answered_and_are_not_health_checks() {
+    let mut s = Server::new(5000, Health::FailAfter(1));
+    s.ticks = 1234567;
+    assert_eq!(check(&mut s, 1, b"count\n"), b"count=1234567\n");
+    assert_eq!(check(&mut s, 2, b"id\n"), b"id=none\n");
+    s.id = InstanceId::new(b"web-0123abcd").unwrap();
+    assert_eq!(check(&mut s, 3, b"id\r\n"), b"id=web-0123abcd\n");
+    s.ticks = u64::MAX;
+    assert_eq!(
+        check(&mut s, 4, b"count\n"),
+        b"count=18446744073709551615\n"
+    );
+    assert_eq!(check(&mut s, 5, b"count extra\n"), b"error\n");
+    assert_eq!(s.checks, 0, "count and id are not checks");
+    assert_eq!(
+        check(&mut s, 6, b"health\n"),
+        b"ok\n",
+        "so fail-after:1 still passes the first real check"
+    );
+    let longest = [b'x'; ID_MAX];
+    s.id = InstanceId::new(&longest).unwrap();
+    let want = [&b"id="[..], &longest, b"\n"].concat();
+    assert_eq!(check(&mut s, 7, b"id\n"), want, "the longest id fits whole");
+}
+
+#[test]
+fn instance_ids_are_taken_only_when_plain_and_short_enough() {
+    assert_eq!(
+        InstanceId::new(b"web-0123abcd").unwrap().as_bytes(),
+        b"web-0123abcd"
+    );
+    assert_eq!(InstanceId::NONE.as_bytes(), b"none");
+    for bad in [
+        &b""[..],
+        b"has space",
+        br#"esc\"aped"#,
+        b"tab\t",
+        "caf\u{e9}".as_bytes(),
+        &[b'x'; ID_MAX + 1],
+    ] {
+        assert_eq!(InstanceId::new(bad), None, "{:?}", bad.escape_ascii());
+    }
+}
+
+#[test]
+fn the_instance_id_comes_from_the_instance_document_only() {
+    let image = br#"{"entrypoint":["/x"],"instance_id":"from-image","env":{}}"#;
+    let instance = br#"{"hostname":"instance_id","env":{"instance_id":"e"},"instance_id":"web-1"}"#;
+    let mut o = ServeOptions::default();
+    o.apply_env(Some(image), Some(instance));
+    assert_eq!(o.instance_id.as_bytes(), b"web-1");
+    let mut o = ServeOptions::default();
+    o.apply_env(Some(image), None);
+    assert_eq!(o.instance_id, InstanceId::NONE, "not from the image");
+    o.apply_env(None, Some(br#"{"instance_id":"two words"}"#));
+    assert_eq!(o.instance_id, InstanceId::NONE, "a bad id is not taken");
+}
+
+#[test]
+fn string_members_are_found_only_at_the_top_level() {
+    let doc = br#"{"env":{"instance_id":"no"},"args":["\"instance_id\":\"no\""],
+        "network":{"instance_id":"no"},"n":1,"instance_id" : "yes","later":"x"}"#;
+    assert_eq!(env::string(doc, b"instance_id"), Some(&b"yes"[..]));
+    assert_eq!(env::string(doc, b"later"), Some(&b"x"[..]));
+    assert_eq!(env::string(doc, b"n"), None, "not a string");
+    assert_eq!(env::string(doc, b"missing"), None);
+    assert_eq!(env::string(br#"{"instance_id":"cut"#, b"instance_id"), None);
+}
+
+#[test]
+fn only_complete_objects_are_whole() {
+    assert!(env::whole_object(br#" {"a":{"b":["}",1]},"c":"\"{"} "#));
+    assert!(env::whole_object(b"{}"));
+    for broken in [
+        &br#"{"a":"b""#[..],
+        br#"{"a":"b"}}"#,
+        br#"{"a":"b"},"#,
+        br#"{"a":"b}"#,
+        b"[]",
+        b"\"s\"",
+        b"",
+    ] {
+        assert!(!env::whole_object(broken), "{:?}", broken.escape_ascii());
+    }
 }
