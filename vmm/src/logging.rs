@@ -11,11 +11,28 @@ pub fn init(level: &str) {
     let filter = EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr(std::io::stderr()))
         .with_target(false)
         .without_time()
         .with_ansi(false)
         .try_init();
+}
+
+/// stderr for log lines, dropping what cannot be written: when whoever reads our stderr goes
+/// away, tracing would report the failed write with `eprintln!`, which panics on a closed
+/// stderr and would take a vCPU thread (and the VM) with it.
+struct LossyStderr(std::io::Stderr);
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Allows at most `per_second` events in each wall-clock second and drops the rest, so a guest

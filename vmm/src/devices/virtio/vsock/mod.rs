@@ -197,7 +197,7 @@ impl Vsock {
     /// that posted none gets nothing) and interrupts it.
     fn send_transport_reset(&mut self) -> Result<(), QueueFault> {
         const TRANSPORT_RESET: u32 = 0;
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.active.as_mut().filter(|a| a.event.ready()) else {
             return Ok(());
         };
         let Some(chain) = a.event.iter(&a.mem).map_err(QueueFault)?.next() else {
@@ -309,6 +309,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn restored(&mut self) {
+        self.muxer.skip_stale_ports();
         if let Err(e) = self.send_transport_reset()
             && self.log.allow()
         {

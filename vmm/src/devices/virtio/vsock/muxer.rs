@@ -327,6 +327,18 @@ impl Muxer {
         }
     }
 
+    /// After a restore, host-initiated streams take local ports from a random place: the
+    /// guest may still hold streams of the snapshotted VM (a driver that ignores the transport
+    /// reset), whose ports this process would otherwise hand out again from the start.
+    pub fn skip_stale_ports(&mut self) {
+        let mut r = [0u8; 4];
+        if crate::sys::random::fill(&mut r).is_ok() {
+            // Above the first 2^20 ports, below 2^31: far from the ones used so far.
+            let offset = (u32::from_le_bytes(r) % (FIRST_HOST_PORT - (1 << 20))) + (1 << 20);
+            self.next_port = FIRST_HOST_PORT + offset;
+        }
+    }
+
     /// A local port no stream uses (host-initiated streams get one each).
     fn free_port(&mut self) -> u32 {
         loop {
