@@ -495,3 +495,39 @@ fn the_socket_file_is_refused_when_taken_and_removed_on_drop() {
     let missing = dir.path().join("nope/s");
     assert!(matches!(Vsock::new(3, &missing), Err(MuxerError::Bind(..))));
 }
+
+#[test]
+fn a_restored_device_sends_the_guest_one_transport_reset_per_restore() {
+    let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
+    ));
+    let rxq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
+    let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
+    let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
+    evq.add_desc_chains(&[desc(0x50_0000, 4, WRITE, 0)], 0)
+        .unwrap();
+    mem.write_obj(0xffff_ffffu32, GuestAddress(0x50_0000))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Vsock::new(CID, &dir.path().join("v.sock")).unwrap();
+    let queues = [&rxq, &txq, &evq].map(|q| q.create_queue().unwrap());
+    let irq = Arc::new(Irq::default());
+    dev.activate(
+        mem.clone(),
+        queues.into(),
+        1 << VIRTIO_F_VERSION_1,
+        irq.clone(),
+    )
+    .unwrap();
+    dev.restored();
+    assert_eq!(evq.used().idx().load(), 1, "one event buffer used");
+    let used = evq.used().ring().ref_at(0).unwrap().load();
+    assert_eq!(used.len(), 4);
+    let id: u32 = mem.read_obj(GuestAddress(0x50_0000)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_eq!(irq.used.load(Ordering::SeqCst), 1);
+    // No buffer left: nothing more is sent, and the device keeps working.
+    dev.restored();
+    assert_eq!(evq.used().idx().load(), 1);
+    assert_eq!(dev.queue_states().len(), 3);
+}
