@@ -31,8 +31,9 @@ cargo build --workspace --bins
 cargo test --workspace "$@"
 
 # What hosts should run: herd-vmm as a static musl binary (half the resident memory per VM
-# of the glibc build, see benches/RESULTS.md). Boot it through the end-to-end boot tests.
-log "static herd-vmm (musl, release) through the boot tests"
+# of the glibc build, see benches/RESULTS.md). Boot, snapshot and restore it end to end (its
+# seccomp lists must cover what musl calls).
+log "static herd-vmm (musl, release) through the boot and snapshot tests"
 cargo build --release --target x86_64-unknown-linux-musl -p herd-vmm
 HERD_VMM_BIN=$PWD/target/x86_64-unknown-linux-musl/release/herd-vmm \
-    cargo test -p herd-tests --test boot "$@"
+    cargo test -p herd-tests --test boot --test snapshot "$@"
