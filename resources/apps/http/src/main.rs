@@ -1,6 +1,7 @@
 //! `http`: a small HTTP/1.1 server for bootable-app examples and health-check tests. It listens
 //! on `0.0.0.0:$PORT` (default 8080) and answers `GET /` with a greeting naming its host and
-//! `GET /healthz` with `ok`; anything else gets 404, a malformed request 400. One thread per
+//! `GET /healthz` with `ok` and `GET /count` with how many requests it has served (this one
+//! included: in-memory state, which a snapshot restore keeps); anything else gets 404, a malformed request 400. One thread per
 //! connection, `Connection: close`, no dependencies.
 //!
 //! The name in the greeting is the instance id herd-init last wrote to [`IDENTITY_FILE`],
@@ -10,7 +11,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Requests served since start (in memory only).
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 /// herd-init's record of the instance's current identity after a restore.
 const IDENTITY_FILE: &str = "/run/herd/identity.json";
@@ -22,8 +27,9 @@ struct Response {
     body: String,
 }
 
-/// Routes one request line (`GET /path HTTP/1.1`) for a server named `host`.
-fn route(request_line: &str, host: &str) -> Response {
+/// Routes one request line (`GET /path HTTP/1.1`) for a server named `host` that has served
+/// `served` requests, this one included.
+fn route(request_line: &str, host: &str, served: u64) -> Response {
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -52,6 +58,10 @@ fn route(request_line: &str, host: &str) -> Response {
         "/healthz" => Response {
             status: "200 OK",
             body: "ok\n".into(),
+        },
+        "/count" => Response {
+            status: "200 OK",
+            body: format!("requests={served}\n"),
         },
         _ => Response {
             status: "404 Not Found",
@@ -90,7 +100,12 @@ fn serve(stream: TcpStream, host: &str) -> std::io::Result<()> {
     while reader.read_line(&mut header)? > 2 {
         header.clear();
     }
-    let r = route(request_line.trim_end(), &current_name(IDENTITY_FILE, host));
+    let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+    let r = route(
+        request_line.trim_end(),
+        &current_name(IDENTITY_FILE, host),
+        served,
+    );
     let head_only = request_line.starts_with("HEAD ");
     let mut out = stream;
     write!(
@@ -136,20 +151,24 @@ mod tests {
     #[test]
     fn routes_root_healthz_and_unknown_paths() {
         assert_eq!(
-            route("GET / HTTP/1.1", "vm1"),
+            route("GET / HTTP/1.1", "vm1", 1),
             Response {
                 status: "200 OK",
                 body: "hello from vm1\n".into()
             }
         );
-        assert_eq!(route("GET /healthz?x=1 HTTP/1.0", "vm1").body, "ok\n");
-        assert_eq!(route("GET /nope HTTP/1.1", "vm1").status, "404 Not Found");
+        assert_eq!(route("GET /healthz?x=1 HTTP/1.0", "vm1", 1).body, "ok\n");
+        assert_eq!(route("GET /count HTTP/1.1", "vm1", 7).body, "requests=7\n");
         assert_eq!(
-            route("POST / HTTP/1.1", "vm1").status,
+            route("GET /nope HTTP/1.1", "vm1", 1).status,
+            "404 Not Found"
+        );
+        assert_eq!(
+            route("POST / HTTP/1.1", "vm1", 1).status,
             "405 Method Not Allowed"
         );
-        assert_eq!(route("garbage", "vm1").status, "400 Bad Request");
-        assert_eq!(route("GET / SPDY/3", "vm1").status, "400 Bad Request");
+        assert_eq!(route("garbage", "vm1", 1).status, "400 Bad Request");
+        assert_eq!(route("GET / SPDY/3", "vm1", 1).status, "400 Bad Request");
     }
 
     #[test]
