@@ -128,6 +128,13 @@ fn sync_parent(dir: &Path) {
     }
 }
 
+/// A state file's bytes for `body` (header then body), as [`write`] writes them.
+pub fn state_file_bytes(body: &[u8]) -> Vec<u8> {
+    let mut bytes = header(body);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 fn header(body: &[u8]) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);
@@ -146,9 +153,14 @@ pub fn read_state(dir: &Path) -> Result<Snapshot, SnapshotError> {
     file.take(HEADER_LEN as u64 + BODY_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
-    let body = check_header(&path, &bytes)?;
+    parse_state(&path, &bytes)
+}
+
+/// Checks and decodes the bytes of the state file at `path` (named in errors).
+pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let body = check_header(path, bytes)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| SnapshotError::Decode(path.clone(), e))
+    serde_path_to_error::deserialize(de).map_err(|e| SnapshotError::Decode(path.to_owned(), e))
 }
 
 /// The body of a state file whose header checks out.
@@ -196,9 +208,7 @@ mod tests {
     use super::*;
 
     fn state_file(body: &[u8]) -> Vec<u8> {
-        let mut f = header(body);
-        f.extend_from_slice(body);
-        f
+        state_file_bytes(body)
     }
 
     #[test]
