@@ -222,6 +222,21 @@ fn damaged(snap: &Path, to: &Path, damage: impl FnOnce(&Path)) -> PathBuf {
     to.to_owned()
 }
 
+/// Rewrites the JSON body of a state file with `edit` and seals it again (length and
+/// SHA-256 in the 52-byte header), as a snapshot written elsewhere would be.
+fn reseal(path: &Path, edit: impl FnOnce(&mut Value)) {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap();
+    let mut body: Value = serde_json::from_slice(&bytes[52..]).unwrap();
+    edit(&mut body);
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut out = bytes[..12].to_vec();
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(&body);
+    std::fs::write(path, out).unwrap();
+}
+
 fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
     let mut bytes = std::fs::read(path).unwrap();
     edit(&mut bytes);

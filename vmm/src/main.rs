@@ -178,8 +178,8 @@ enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    #[error("cannot restore the snapshot")]
-    Restore(#[from] RestoreError),
+    #[error("cannot restore snapshot {0}")]
+    Restore(PathBuf, #[source] RestoreError),
 }
 
 fn resolve_config(cli: Cli, snapshot: Option<&Snapshot>) -> Result<VmConfig, StartError> {
@@ -234,7 +234,7 @@ fn resolve_config(cli: Cli, snapshot: Option<&Snapshot>) -> Result<VmConfig, Sta
     };
     raw.api_socket = cli.api_socket;
     if let (Some(s), Some(dir)) = (snapshot, cli.restore) {
-        restore::apply_snapshot(&mut raw, s)?;
+        restore::apply_snapshot(&mut raw, s).map_err(|e| StartError::Restore(dir.clone(), e))?;
         raw.restore = Some(RestoreSource {
             dir,
             identity: cli.identity,
@@ -257,7 +257,7 @@ fn start_exit_code(err: &StartError) -> i32 {
         StartError::Config(_) => exit_code::USAGE,
         StartError::Snapshot(SnapshotError::Read(_, e)) => io_code(e),
         StartError::Snapshot(_) => exit_code::DATA,
-        StartError::Restore(_) => exit_code::USAGE,
+        StartError::Restore(..) => exit_code::USAGE,
     }
 }
 

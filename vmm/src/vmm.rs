@@ -122,8 +122,8 @@ pub enum VmmError {
     ConsoleLog(#[from] ConsoleLogError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
-    #[error("cannot restore the snapshot")]
-    Restore(#[source] RestoreError),
+    #[error("cannot restore snapshot {0}")]
+    Restore(PathBuf, #[source] RestoreError),
     #[error(transparent)]
     Identity(IdentityError),
 }
@@ -216,18 +216,15 @@ impl Vmm {
         let virtio = plan_virtio(config, disks, taps)?;
         let kinds: Vec<DeviceKind> = virtio.devices.iter().map(|d| d.kind.clone()).collect();
         if let Some(s) = snapshot {
-            restore::check_host(s, &cpuid, &kinds).map_err(VmmError::Restore)?;
+            restore::check_host(s, &cpuid, &kinds)
+                .map_err(|e| VmmError::Restore(snapshot_dir(config).to_owned(), e))?;
         }
         let (memory_file, identity) =
             restore.map_or((None, None), |r| (Some(r.memory), r.identity));
         let vm = Vm::new(kvm, mem_bytes, vcpu_count)?;
         phases.mark("vm");
         let vcpus = match (snapshot, &memory_file, kernel) {
-            (Some(s), Some(memory), _) => {
-                let dir = config.restore.as_ref().map(|r| r.dir.as_path());
-                let path = dir.unwrap_or(Path::new(".")).join(snapshot::MEMORY_FILE);
-                resume_guest(&vm, s, (memory, &path))?
-            }
+            (Some(s), Some(memory), _) => resume_guest(&vm, s, memory, snapshot_dir(config))?,
             (_, _, Some(mut kernel)) => {
                 let entry = load_guest(&vm, config, &virtio.cmdline, &mut kernel, initrds)?;
                 create_vcpus(&vm, vcpu_count, entry, &cpuid)?
@@ -246,7 +243,8 @@ impl Vmm {
             .zip(notifiers.iter().map(|n| n.transport()))
             .collect();
         if snapshot.is_some() {
-            resume_devices(&devices, &ports.control, identity.as_ref())?;
+            resume_devices(&devices, &ports.control, identity.as_ref())
+                .map_err(|e| VmmError::Restore(snapshot_dir(config).to_owned(), e))?;
         }
         let api = config
             .api_socket
@@ -608,16 +606,20 @@ fn wire_virtio(
         .collect()
 }
 
+/// The snapshot directory of a restoring config (named in its errors).
+fn snapshot_dir(config: &VmConfig) -> &Path {
+    config
+        .restore
+        .as_ref()
+        .map_or(Path::new(""), |r| r.dir.as_path())
+}
+
 /// Maps the snapshot's memory into `vm`, restores its in-kernel devices and creates its
 /// vCPUs in their saved state.
-fn resume_guest(
-    vm: &Vm,
-    s: &Snapshot,
-    (memory, path): (&File, &Path),
-) -> Result<Vec<Vcpu>, VmmError> {
-    let err = VmmError::Restore;
+fn resume_guest(vm: &Vm, s: &Snapshot, memory: &File, dir: &Path) -> Result<Vec<Vcpu>, VmmError> {
+    let err = |e| VmmError::Restore(dir.to_owned(), e);
     snapshot::memory::map(&vm.memory, memory)
-        .map_err(|e| err(RestoreError::Memory(path.to_owned(), e)))?;
+        .map_err(|e| err(RestoreError::Memory(dir.join(snapshot::MEMORY_FILE), e)))?;
     vstate::vm_state::restore(&vm.fd, &s.vm).map_err(|e| err(RestoreError::VmState(e)))?;
     s.vcpus
         .iter()
@@ -635,12 +637,11 @@ fn resume_devices(
     devices: &[(DeviceKind, Arc<Mutex<MmioTransport>>)],
     control: &Mutex<SerialDevice>,
     identity: Option<&IdentityMembers>,
-) -> Result<(), VmmError> {
+) -> Result<(), RestoreError> {
     for (_, transport) in devices {
         crate::bus::lock(transport).kick_restored();
     }
-    let line = snapshot::identity::restored_line(identity)
-        .map_err(|e| VmmError::Restore(RestoreError::Identity(e)))?;
+    let line = snapshot::identity::restored_line(identity).map_err(RestoreError::Identity)?;
     crate::bus::lock(control).queue_all(&line);
     Ok(())
 }
@@ -718,7 +719,7 @@ impl VmmError {
                 ..
             } => io_code(e),
             VmmError::NotAFile { .. }
-            | VmmError::Restore(_)
+            | VmmError::Restore(..)
             | VmmError::Identity(_)
             | VmmError::Kernel { .. }
             | VmmError::Initrd { .. }
