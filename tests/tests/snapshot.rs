@@ -293,6 +293,15 @@ fn damaged_foreign_or_mismatched_snapshots_are_refused_naming_the_culprit() {
             }),
             "snapshot memory",
         ),
+        (
+            damaged(&snap, &d.join("other-cpu"), |p| {
+                reseal(&p.join("state"), |v| {
+                    let model = v["cpu"]["model"].as_u64().unwrap();
+                    v["cpu"]["model"] = json!(model ^ 0x3a);
+                })
+            }),
+            "CPU; this host has a",
+        ),
     ];
     for (dir, why) in cases {
         let done = restore(&dir, &uds, None).wait();
