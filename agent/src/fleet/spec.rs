@@ -179,6 +179,12 @@ pub struct ServiceSpec {
     /// Time the app gets after SIGTERM before its VM is powered off.
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
+    /// Start instances from a snapshot: once an instance that booted passes its health
+    /// check, the agent snapshots it, and later instances (scale-ups, replacements) are
+    /// restored from that snapshot instead of booting. Needs a health check, which says
+    /// when the app is ready to be snapshotted.
+    #[serde(default)]
+    pub snapshot_starts: bool,
 }
 
 fn default_stop_timeout_ms() -> u64 {
@@ -246,6 +252,12 @@ impl ServiceSpec {
         validate_policies(&self.restart, &self.rollout)?;
         if self.stop_timeout_ms > 3_600_000 {
             return Err(bad("stop_timeout_ms", "at most one hour"));
+        }
+        if self.snapshot_starts && self.health_check.is_none() {
+            return Err(bad(
+                "snapshot_starts",
+                "needs a health_check: the snapshot is taken once an instance passes it",
+            ));
         }
         Ok(())
     }
@@ -319,6 +331,21 @@ mod tests {
         assert_eq!(s.rollout, RolloutPolicy::default());
         assert_eq!(s.restart, RestartPolicy::default());
         assert_eq!(s.health_check, None);
+        assert!(!s.snapshot_starts);
+    }
+
+    #[test]
+    fn snapshot_starts_need_a_health_check() {
+        let check = r#""health_check":{"vsock":{"port":5000}}"#;
+        let s = parse(&format!(
+            r#"{{"name":"a","image":"i","snapshot_starts":true,{check}}}"#
+        ))
+        .unwrap();
+        assert!(s.snapshot_starts);
+        let err = parse(r#"{"name":"a","image":"i","snapshot_starts":true}"#).unwrap_err();
+        assert!(err.starts_with("snapshot_starts: "), "{err}");
+        let err = parse(r#"{"name":"a","image":"i","snapshot_starts":"yes"}"#).unwrap_err();
+        assert!(err.contains("invalid type"), "{err}");
     }
 
     #[test]
