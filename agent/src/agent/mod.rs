@@ -3,7 +3,8 @@
 //! the `dispatch` queue to the supervisor, which owns all state, applies the `fleet` rules and
 //! starts and stops herd-vmm processes. What it does is observable without queueing behind
 //! it: an `events` log, a published `snapshot` (for `metrics` and the image routes), and the
-//! instances' console `logs`.
+//! instances' console `logs`. Services with `snapshot_starts` start instances from VM
+//! snapshots (`vmsnap`; not to be confused with the published fleet `snapshot`).
 
 pub mod api;
 pub mod cgroup;
@@ -25,5 +26,6 @@ pub mod snapshot;
 pub mod supervisor;
 pub mod table;
 pub mod types;
+pub mod vmsnap;
 
 pub use daemon::{AgentError, run};

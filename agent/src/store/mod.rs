@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::ImageManifest;
 
 pub use archive::Loaded;
-pub use files::TEMP_PREFIX;
+pub use files::{TEMP_PREFIX, digest_hex, is_sha256_hex};
 pub use index::{Entry, Reference};
 
 use crate::image::config::{ConfigError, ImageConfig};
@@ -29,7 +29,7 @@ use crate::image::{
     ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, INITRAMFS_MEDIA_TYPE, KERNEL_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
     exit,
 };
-use files::{digest_hex, io_err};
+use files::io_err;
 use index::Index;
 
 /// `HERD_HOME` when unset.
