@@ -71,7 +71,7 @@ pub struct SpecArgs {
     /// The spec as a JSON file (`-` reads stdin): the ServiceSpec of agent/openapi.json.
     #[arg(short = 'f', long = "file", value_name = "SPEC.json", conflicts_with_all = [
         "name", "image", "replicas", "env", "vcpus", "memory", "health_vsock", "health_tcp",
-        "health_http",
+        "health_http", "snapshot_starts",
     ])]
     pub file: Option<PathBuf>,
     /// The service's name: lowercase letters, digits and '-'.
@@ -101,6 +101,11 @@ pub struct SpecArgs {
     /// Health check: `GET PATH` on this port answers 2xx or 3xx.
     #[arg(long, value_name = "PORT:/PATH", group = "health", value_parser = parse_http_check)]
     pub health_http: Option<HttpCheck>,
+    /// Start instances from a snapshot of the first one that turns healthy (needs a health
+    /// check); `--snapshot-starts=false` turns it off on update.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub snapshot_starts: Option<bool>,
 }
 
 /// `herd service scale NAME N`.
@@ -440,6 +445,8 @@ fn spec_from_flags(args: &SpecArgs, current: Option<ServiceSpec>) -> Result<Serv
     args.replicas.map(|v| set("replicas", json!(v)));
     args.vcpus.map(|v| set("vcpus", json!(v)));
     args.memory.map(|v| set("memory_mib", json!(v)));
+    args.snapshot_starts
+        .map(|v| set("snapshot_starts", json!(v)));
     let probe = match (&args.health_vsock, &args.health_tcp, &args.health_http) {
         (Some(port), _, _) => Some(("vsock", json!({ "port": port }))),
         (_, Some(port), _) => Some(("tcp", json!({ "port": port }))),

@@ -73,6 +73,7 @@ pub fn run(args: AgentArgs, home: &Path) -> Result<(), AgentError> {
             jail,
         },
         keep_ended_ms: args.log_keep_ms,
+        snapshots_dir: state_dir.join("snapshots"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -145,7 +146,8 @@ async fn serve(
         supervisor.fleet(),
         home,
         instances_dir,
-    );
+    )
+    .with_notices(supervisor.notices());
     let fleet = tokio::spawn(supervisor.run(calls));
     tracing::info!(socket = %socket.display(), ?access, "serving");
     api::serve(socket, access, backend, stop_signal()).await?;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::types::InstanceEnd;
-use crate::fleet::{EndReason, InstanceStatus, ServiceState};
+use crate::fleet::{EndReason, InstanceStatus, ServiceState, StartKind};
 
 /// Errors of the state database.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,12 @@ pub struct InstanceRecord {
     /// Why the agent asked it to stop, while it is stopping.
     pub stop_reason: Option<EndReason>,
     pub end: Option<InstanceEnd>,
+    /// Booted, or restored from a snapshot (records before snapshots: booted).
+    #[serde(default)]
+    pub start: StartKind,
+    /// The key of the snapshot it was restored from (`digest/<vcpus>x<MiB>-<hash>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// The open database.
@@ -190,6 +196,8 @@ mod tests {
             jail_uid: Some(3_000_000),
             stop_reason: None,
             end: None,
+            start: StartKind::Snapshot,
+            snapshot: Some("sha256:ab/1x128-0123456789abcdef".into()),
         }
     }
 
@@ -234,5 +242,23 @@ mod tests {
             .unwrap();
         let err = db.services().unwrap_err();
         assert!(err.to_string().contains("\"bad\""), "{err}");
+    }
+
+    #[test]
+    fn records_written_before_snapshot_starts_read_as_booted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("s.db")).unwrap();
+        let mut old = serde_json::to_value(record("web-1")).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("start");
+        map.remove("snapshot");
+        db.conn
+            .execute(
+                "INSERT INTO instances (id, service, record) VALUES ('web-1', 'web', ?1)",
+                params![old.to_string()],
+            )
+            .unwrap();
+        let read = db.instance("web-1").unwrap().unwrap();
+        assert_eq!((read.start, read.snapshot), (StartKind::Boot, None));
     }
 }

@@ -169,7 +169,10 @@ mod tests {
             log.record(
                 "web",
                 Some("web-1"),
-                EventKind::InstanceStarted { generation: 1 },
+                EventKind::InstanceStarted {
+                    generation: 1,
+                    start: crate::fleet::StartKind::Boot,
+                },
             );
         }
     }

@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::snapshot::{BOOT_BUCKETS_MS, END_REASONS, FleetSnapshot, reason_name};
+use super::snapshot::{
+    BOOT_BUCKETS_MS, END_REASONS, FleetSnapshot, SNAPSHOT_STAGES, START_KINDS, reason_name,
+    start_name,
+};
 
 /// The Content-Type of the answer.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -93,6 +96,7 @@ pub fn render(
     let mut out = String::new();
     render_services(&mut out, fleet);
     render_instances(&mut out, fleet);
+    render_snapshots(&mut out, fleet);
     let mut f = Family::new(
         &mut out,
         "herd_api_requests_total",
@@ -166,6 +170,16 @@ fn render_instances(out: &mut String, fleet: &FleetSnapshot) {
     .sample("", &[], c.instances_started);
     let mut f = Family::new(
         out,
+        "herd_instance_starts_total",
+        "counter",
+        "Instances started since the agent started, by kind: boot, or snapshot (restored).",
+    );
+    for kind in START_KINDS.map(start_name) {
+        let n = c.starts.get(kind).copied().unwrap_or(0);
+        f.sample("", &[("kind", kind)], n);
+    }
+    let mut f = Family::new(
+        out,
         "herd_instance_exits_total",
         "counter",
         "Instances that ended since the agent started, by reason.",
@@ -192,6 +206,41 @@ fn render_instances(out: &mut String, fleet: &FleetSnapshot) {
     f.sample("_count", &[], boot.count);
 }
 
+fn render_snapshots(out: &mut String, fleet: &FleetSnapshot) {
+    let c = &fleet.counters;
+    Family::new(
+        out,
+        "herd_snapshots_taken_total",
+        "counter",
+        "VM snapshots taken and installed since the agent started.",
+    )
+    .sample("", &[], c.snapshots_taken);
+    let mut f = Family::new(
+        out,
+        "herd_snapshot_failures_total",
+        "counter",
+        "VM snapshots that failed since the agent started, by stage: take (taking or \
+         installing it), restore (an instance restored from it failed before its first \
+         passed check; the snapshot was removed).",
+    );
+    for stage in SNAPSHOT_STAGES {
+        let n = c.snapshot_failures.get(stage).copied().unwrap_or(0);
+        f.sample("", &[("stage", stage)], n);
+    }
+    Family::new(out, "herd_snapshots", "gauge", "VM snapshots installed.").sample(
+        "",
+        &[],
+        fleet.vm_snapshots,
+    );
+    Family::new(
+        out,
+        "herd_snapshot_memory_bytes",
+        "gauge",
+        "Guest memory bytes the installed VM snapshots hold (holes not counted).",
+    )
+    .sample("", &[], fleet.vm_snapshot_bytes);
+}
+
 /// Milliseconds as seconds, exactly (`0.05`, `2.5`, `10`).
 fn seconds(ms: u64) -> String {
     let (s, frac) = (ms / 1000, ms % 1000);
@@ -208,7 +257,7 @@ mod tests {
 
     use super::*;
     use crate::agent::snapshot::{Counters, ServiceSnapshot};
-    use crate::fleet::EndReason;
+    use crate::fleet::{EndReason, StartKind};
 
     fn fleet() -> FleetSnapshot {
         let mut counters = Counters {
@@ -219,6 +268,11 @@ mod tests {
         counters.count_exit(EndReason::Exited);
         counters.boot_times.observe(40);
         counters.boot_times.observe(3000);
+        counters.count_start(StartKind::Boot);
+        counters.count_start(StartKind::Snapshot);
+        counters.count_start(StartKind::Snapshot);
+        counters.snapshots_taken = 1;
+        counters.snapshot_failures.insert("restore", 2);
         let web = ServiceSnapshot {
             name: "web".into(),
             replicas_desired: 3,
@@ -236,6 +290,8 @@ mod tests {
             services: vec![web, odd],
             instances: Default::default(),
             counters,
+            vm_snapshots: 1,
+            vm_snapshot_bytes: 1 << 20,
         }
     }
 
@@ -370,6 +426,21 @@ mod tests {
         let route = [("route", "GET /v1/services"), ("status", "200")];
         assert_eq!(value(&samples, "herd_api_requests_total", &route), 5.0);
         assert_eq!(value(&samples, "herd_api_peers_denied_total", &[]), 4.0);
+    }
+
+    #[test]
+    fn starts_by_kind_and_snapshots_are_counted() {
+        let samples = parse(&render(&fleet(), &BTreeMap::new(), 0));
+        let kind = |k| value(&samples, "herd_instance_starts_total", &[("kind", k)]);
+        assert_eq!((kind("boot"), kind("snapshot")), (1.0, 2.0));
+        assert_eq!(value(&samples, "herd_snapshots_taken_total", &[]), 1.0);
+        let stage = |s| value(&samples, "herd_snapshot_failures_total", &[("stage", s)]);
+        assert_eq!((stage("take"), stage("restore")), (0.0, 2.0));
+        assert_eq!(value(&samples, "herd_snapshots", &[]), 1.0);
+        assert_eq!(
+            value(&samples, "herd_snapshot_memory_bytes", &[]),
+            f64::from(1 << 20)
+        );
     }
 
     #[test]

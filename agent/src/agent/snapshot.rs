@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::fleet::EndReason;
+use crate::fleet::{EndReason, StartKind};
 
 /// The fleet as last published.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -19,6 +19,9 @@ pub struct FleetSnapshot {
     /// herd-vmm may still run.
     pub instances: BTreeMap<String, bool>,
     pub counters: Counters,
+    /// VM snapshots installed (`snapshot_starts`), and the guest memory bytes they hold.
+    pub vm_snapshots: u64,
+    pub vm_snapshot_bytes: u64,
 }
 
 impl FleetSnapshot {
@@ -58,6 +61,13 @@ pub struct ServiceSnapshot {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counters {
     pub instances_started: u64,
+    /// Instances started by how (see [`start_name`]).
+    pub starts: BTreeMap<&'static str, u64>,
+    /// VM snapshots taken and installed.
+    pub snapshots_taken: u64,
+    /// VM snapshots that failed, by stage: `take` (taking or installing it) or `restore` (an
+    /// instance restored from it failed before its first passed check).
+    pub snapshot_failures: BTreeMap<&'static str, u64>,
     /// Ended instances by reason.
     pub exits: BTreeMap<&'static str, u64>,
     /// Rollbacks by service.
@@ -69,7 +79,25 @@ impl Counters {
     pub fn count_exit(&mut self, reason: EndReason) {
         *self.exits.entry(reason_name(reason)).or_default() += 1;
     }
+
+    pub fn count_start(&mut self, start: StartKind) {
+        *self.starts.entry(start_name(start)).or_default() += 1;
+    }
 }
+
+/// Every start kind.
+pub const START_KINDS: [StartKind; 2] = [StartKind::Boot, StartKind::Snapshot];
+
+/// How the API spells `start`.
+pub fn start_name(start: StartKind) -> &'static str {
+    match start {
+        StartKind::Boot => "boot",
+        StartKind::Snapshot => "snapshot",
+    }
+}
+
+/// The stages a VM snapshot can fail in.
+pub const SNAPSHOT_STAGES: [&str; 2] = ["take", "restore"];
 
 /// Every end reason, as the API spells it.
 pub const END_REASONS: [EndReason; 4] = [
@@ -144,7 +172,7 @@ mod tests {
         let snap = FleetSnapshot {
             services: vec![service("a", &["d1"]), service("b", &["d2", "d1"])],
             instances: BTreeMap::from([("a-1".to_owned(), true), ("a-0".to_owned(), false)]),
-            counters: Counters::default(),
+            ..Default::default()
         };
         assert_eq!(snap.users_of("d1"), ["a", "b"]);
         assert!(snap.users_of("d3").is_empty());

@@ -2,7 +2,7 @@
 //! (`herd service ls`, `herd ps`). Empty values show as `-` so every row has every column
 //! and `awk` can split them. Also the line `herd events` prints per event.
 
-use crate::agent::types::{Event, InstanceInfo, ServiceInfo};
+use crate::agent::types::{Event, InstanceInfo, ServiceInfo, SnapshotState};
 use crate::fleet::InstanceStatus;
 
 /// Rows under a header, rendered with columns aligned.
@@ -85,6 +85,17 @@ fn service_state(s: &ServiceInfo) -> String {
     if s.crash_looping {
         states.push("crash looping".to_owned());
     }
+    if let Some(snapshot) = &s.snapshot {
+        states.push(
+            match snapshot.state {
+                SnapshotState::Ready => "starts from a snapshot",
+                SnapshotState::Taking => "taking a snapshot",
+                SnapshotState::None => "no snapshot yet",
+                SnapshotState::GivenUp => "snapshots given up",
+            }
+            .to_owned(),
+        );
+    }
     if states.is_empty() {
         "ok".to_owned()
     } else {
@@ -95,7 +106,7 @@ fn service_state(s: &ServiceInfo) -> String {
 /// `herd ps`.
 pub fn instances(list: &[InstanceInfo]) -> String {
     let mut t = Table::new(&[
-        "ID", "SERVICE", "GEN", "STATUS", "ADDRESS", "UPTIME", "BOOT(ms)",
+        "ID", "SERVICE", "GEN", "STATUS", "ADDRESS", "UPTIME", "BOOT(ms)", "START",
     ]);
     for i in list {
         t.row(vec![
@@ -107,6 +118,7 @@ pub fn instances(list: &[InstanceInfo]) -> String {
             duration(i.uptime_ms),
             i.boot_time_ms
                 .map_or_else(|| "-".into(), |ms| ms.to_string()),
+            crate::agent::snapshot::start_name(i.start).to_owned(),
         ]);
     }
     t.render()

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::{EndReason, InstanceStatus, ServiceSpec};
+use crate::fleet::{EndReason, InstanceStatus, ServiceSpec, StartKind};
 
 /// One API action, decoded and validated at the boundary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +68,40 @@ pub struct ServiceInfo {
     pub crash_looping: bool,
     /// Starts wait until this time (Unix ms) because of back-off.
     pub backoff_until_ms: Option<u64>,
+    /// With `snapshot_starts`: the snapshot instances of the current generation start from
+    /// (boxed: most services have none, and views travel by value).
+    pub snapshot: Option<Box<SnapshotInfo>>,
+}
+
+/// Where a snapshot-starts service's snapshot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    /// None yet: the next instance to pass its health check after booting is snapshotted.
+    None,
+    /// Being taken.
+    Taking,
+    /// Installed: new instances are restored from it.
+    Ready,
+    /// Failed too often: instances boot until the agent restarts.
+    GivenUp,
+}
+
+/// A service's snapshot (`ServiceInfo.snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotInfo {
+    pub state: SnapshotState,
+    /// `<vcpus>x<MiB>-<hash>`: the machine and settings it is for (of the service's digest).
+    pub key: String,
+    /// Failed takes and refused restores so far.
+    pub failures: u32,
+    /// When it was taken (Unix ms), once ready.
+    pub created_at_ms: Option<u64>,
+    /// The instance it was taken of, once ready.
+    pub source_instance: Option<String>,
+    /// Guest memory bytes it holds, once ready.
+    pub memory_bytes: Option<u64>,
 }
 
 /// One instance.
@@ -85,8 +119,11 @@ pub struct InstanceInfo {
     pub address: Option<String>,
     /// Unix ms when herd-vmm was started.
     pub started_at_ms: u64,
-    /// Milliseconds from starting herd-vmm to the guest's boot-complete signal, once seen.
+    /// Milliseconds from starting herd-vmm to the guest's boot-complete signal, once seen
+    /// (a restored guest does not boot: none).
     pub boot_time_ms: Option<u64>,
+    /// Booted, or restored from a snapshot.
+    pub start: StartKind,
     pub uptime_ms: u64,
     /// Set once the instance ended.
     pub end: Option<InstanceEnd>,
@@ -122,6 +159,9 @@ pub struct Event {
 pub enum EventKind {
     InstanceStarted {
         generation: u64,
+        /// Booted or restored (events of agents before snapshots: booted).
+        #[serde(default)]
+        start: StartKind,
     },
     InstanceHealthy,
     InstanceUnhealthy,
@@ -162,6 +202,27 @@ pub enum EventKind {
     /// Failures in a row: the next start waits this long.
     ServiceCrashLooping {
         delay_ms: u64,
+    },
+    /// A snapshot of the instance was installed; the service's next instances start from it.
+    SnapshotTaken {
+        digest: String,
+        key: String,
+        memory_bytes: u64,
+        /// Pause to installed.
+        duration_ms: u64,
+    },
+    /// Taking a snapshot of the instance failed; instances keep booting.
+    SnapshotFailed {
+        key: String,
+        error: String,
+        /// Too many failures: no further attempts until the agent restarts.
+        given_up: bool,
+    },
+    /// The instance, restored from the snapshot, failed before passing a check: the
+    /// snapshot was removed and the next instance boots.
+    SnapshotRemoved {
+        key: String,
+        given_up: bool,
     },
 }
 

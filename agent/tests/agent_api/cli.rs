@@ -52,7 +52,7 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
         ls.stdout
     );
     assert!(
-        lines[1].ends_with("rolling out from gen 1"),
+        lines[1].ends_with("rolling out from gen 1, starts from a snapshot"),
         "{}",
         ls.stdout
     );
@@ -66,7 +66,7 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
     assert_eq!(
         rows[0],
         [
-            "ID", "SERVICE", "GEN", "STATUS", "ADDRESS", "UPTIME", "BOOT(ms)"
+            "ID", "SERVICE", "GEN", "STATUS", "ADDRESS", "UPTIME", "BOOT(ms)", "START"
         ]
     );
     assert_eq!(
@@ -78,7 +78,8 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
             "healthy",
             "172.31.0.2/24",
             "3m07s",
-            "31"
+            "31",
+            "boot"
         ]
     );
     assert_eq!(
@@ -90,7 +91,8 @@ async fn listings_print_aligned_tables_or_the_agents_json() {
             "exited(unhealthy,143)",
             "-",
             "900ms",
-            "-"
+            "-",
+            "snapshot"
         ]
     );
     let json = herd(&agent, &["ps", "--service", "web", "--json"]).await;
@@ -123,6 +125,7 @@ async fn specs_come_from_flags_or_files_and_update_keeps_what_is_not_given() {
             "A=1",
             "--health-http",
             "8080:/healthz",
+            "--snapshot-starts",
         ],
     )
     .await;
@@ -132,6 +135,7 @@ async fn specs_come_from_flags_or_files_and_update_keeps_what_is_not_given() {
         panic!("{:?}", agent.seen());
     };
     assert_eq!((spec.name.as_str(), spec.replicas), ("api", 3));
+    assert!(spec.snapshot_starts);
     assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
     let probe = serde_json::to_value(&spec.health_check).unwrap();
     assert_eq!(
@@ -150,6 +154,7 @@ async fn specs_come_from_flags_or_files_and_update_keeps_what_is_not_given() {
             "4",
             "--env",
             "B=2",
+            "--snapshot-starts=false",
         ],
     )
     .await;
@@ -160,6 +165,7 @@ async fn specs_come_from_flags_or_files_and_update_keeps_what_is_not_given() {
     let mut expected = fake::web_spec();
     expected.replicas = 4;
     expected.env.insert("B".into(), "2".into());
+    expected.snapshot_starts = false;
     assert_eq!(spec, expected);
     // A file.
     let file = agent.dir.path().join("spec.json");

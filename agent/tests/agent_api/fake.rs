@@ -12,8 +12,11 @@ use herd::agent::client::Client;
 use herd::agent::dispatch::{Call, Dispatcher};
 use herd::agent::events::EventLog;
 use herd::agent::snapshot::FleetSnapshot;
-use herd::agent::types::{InstanceEnd, InstanceInfo, Request, RequestError, Response, ServiceInfo};
-use herd::fleet::{EndReason, InstanceStatus, ServiceSpec};
+use herd::agent::types::{
+    InstanceEnd, InstanceInfo, Request, RequestError, Response, ServiceInfo, SnapshotInfo,
+    SnapshotState,
+};
+use herd::fleet::{EndReason, InstanceStatus, ServiceSpec, StartKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The views a supervisor publishes, written by the test, and the directories the API reads.
@@ -209,7 +212,8 @@ pub fn answer(request: Request) -> Result<Response, RequestError> {
 pub fn web_spec() -> ServiceSpec {
     serde_json::from_str(
         r#"{"name":"web","image":"hello:1","replicas":2,"env":{"MODE":"prod"},
-            "health_check":{"vsock":{"port":5000},"interval_ms":200,"timeout_ms":100}}"#,
+            "health_check":{"vsock":{"port":5000},"interval_ms":200,"timeout_ms":100},
+            "snapshot_starts":true}"#,
     )
     .unwrap()
 }
@@ -225,6 +229,14 @@ fn web(spec: ServiceSpec) -> ServiceInfo {
         replacements: 3,
         crash_looping: false,
         backoff_until_ms: None,
+        snapshot: Some(Box::new(SnapshotInfo {
+            state: SnapshotState::Ready,
+            key: "1x128-0123456789abcdef".into(),
+            failures: 1,
+            created_at_ms: Some(1_700_000_000_500),
+            source_instance: Some("web-000002a1".into()),
+            memory_bytes: Some(9 << 20),
+        })),
     }
 }
 
@@ -239,6 +251,7 @@ pub fn instances() -> Vec<InstanceInfo> {
         address: Some("172.31.0.2/24".into()),
         started_at_ms: 1_700_000_000_000,
         boot_time_ms: Some(31),
+        start: StartKind::Boot,
         uptime_ms: 187_000,
         end: None,
     };
@@ -249,6 +262,7 @@ pub fn instances() -> Vec<InstanceInfo> {
         pid: None,
         address: None,
         boot_time_ms: None,
+        start: StartKind::Snapshot,
         uptime_ms: 900,
         end: Some(InstanceEnd {
             reason: EndReason::Unhealthy,

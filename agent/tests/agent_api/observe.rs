@@ -16,6 +16,7 @@ use axum::http::{Method, StatusCode};
 use herd::agent::api::routes::Op;
 use herd::agent::snapshot::{FleetSnapshot, ServiceSnapshot};
 use herd::agent::types::{ErrorBody, EventKind};
+use herd::fleet::StartKind;
 use serde_json::Value;
 
 use super::fake::{Agent, World};
@@ -305,7 +306,10 @@ async fn events_stream_as_json_lines_from_a_sequence_number_and_follow() {
     events.record(
         "web",
         Some("web-000002a1"),
-        EventKind::InstanceStarted { generation: 2 },
+        EventKind::InstanceStarted {
+            generation: 2,
+            start: StartKind::Snapshot,
+        },
     );
     events.record("web", Some("web-000002a1"), EventKind::InstanceHealthy);
     let body = get_ok(&agent, "/v1/events?since=1", "application/x-ndjson").await;
@@ -349,6 +353,47 @@ async fn events_stream_as_json_lines_from_a_sequence_number_and_follow() {
         .expect("the stream ends at shutdown")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_events_fit_the_document() {
+    let agent = Agent::start().await;
+    let doc = Doc::load();
+    let events = &agent.world.events;
+    let taken = EventKind::SnapshotTaken {
+        digest: format!("sha256:{}", "ab".repeat(32)),
+        key: "1x128-0123456789abcdef".into(),
+        memory_bytes: 9 << 20,
+        duration_ms: 40,
+    };
+    events.record("web", Some("web-000002a1"), taken);
+    let failed = EventKind::SnapshotFailed {
+        key: "1x128-0123456789abcdef".into(),
+        error: "herd-vmm did not take the snapshot: no space".into(),
+        given_up: false,
+    };
+    events.record("web", Some("web-000002a1"), failed);
+    let removed = EventKind::SnapshotRemoved {
+        key: "1x128-0123456789abcdef".into(),
+        given_up: true,
+    };
+    events.record("web", Some("web-000002a1"), removed);
+    let body = get_ok(&agent, "/v1/events", "application/x-ndjson").await;
+    let text = String::from_utf8(body).unwrap();
+    let schema = schema_of(&doc, &Method::GET, "/v1/events", "application/x-ndjson");
+    let types: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            doc.check(&schema, &v, "$").unwrap();
+            v["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["snapshot_taken", "snapshot_failed", "snapshot_removed"]
+    );
+    agent.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -601,7 +646,10 @@ async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event(
         };
         let first = next().await;
         // Followed: an event recorded now arrives too.
-        let started = EventKind::InstanceStarted { generation: 2 };
+        let started = EventKind::InstanceStarted {
+            generation: 2,
+            start: StartKind::Boot,
+        };
         events.record("web", Some("web-000002a1"), started);
         let second = next().await;
         if json {
@@ -627,7 +675,8 @@ async fn herd_logs_prints_the_output_and_herd_events_follows_one_line_per_event(
                     "instance_started",
                     "web",
                     "web-000002a1",
-                    "generation=2"
+                    "generation=2",
+                    "start=boot"
                 ],
                 "{second}"
             );

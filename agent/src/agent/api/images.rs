@@ -1,7 +1,8 @@
 //! The image routes: list, inspect, delete (refused with 409 while a service needs the
 //! image) and import (the body, an OCI image layout tarball as `herd save` writes it, is
 //! streamed to a file first, up to [`MAX_IMPORT`] bytes). The store work is in
-//! `agent::images` and runs on blocking threads.
+//! `agent::images` and runs on blocking threads. A removal tells the supervisor which blobs
+//! went, so the VM snapshots of a removed image go with it.
 //!
 //! The in-use check reads the supervisor's published snapshot, which is published before
 //! any change is acknowledged; a service created with the image while its removal runs is
@@ -92,7 +93,12 @@ pub async fn remove(State(b): State<Backend>, ImageRef(reference): ImageRef) -> 
             return Err(Failure::new(StatusCode::CONFLICT, error, None));
         }
     }
-    let removal = blocking(false, move || images::remove(&b.home, &reference)).await?;
+    let home = b.home.clone();
+    let removal = blocking(false, move || images::remove(&home, &reference)).await?;
+    // The deleted blobs include the manifests of the images that are gone: their snapshots go.
+    if let Some(notices) = &b.notices {
+        notices.blobs_removed(removal.deleted.clone());
+    }
     Ok(Json(removal).into_response())
 }
 

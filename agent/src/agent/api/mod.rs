@@ -49,6 +49,7 @@ use crate::agent::dispatch::Dispatcher;
 use crate::agent::events::EventLog;
 use crate::agent::metrics::ApiCounts;
 use crate::agent::snapshot::FleetWatch;
+use crate::agent::supervisor::Notices;
 
 /// What the API serves from: the supervisor's queue for requests, the views it publishes for
 /// reading, and the files the image and log routes read.
@@ -61,6 +62,9 @@ pub struct Backend {
     pub home: PathBuf,
     /// Where the agent keeps each instance's directory (its console log).
     pub instances_dir: PathBuf,
+    /// Where the image routes tell the supervisor what left the store (none in tests of
+    /// the transport alone).
+    pub notices: Option<Notices>,
     requests: Arc<ApiCounts>,
     closing: Arc<watch::Sender<bool>>,
 }
@@ -79,9 +83,16 @@ impl Backend {
             fleet,
             home,
             instances_dir,
+            notices: None,
             requests: Arc::default(),
             closing: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Image removals are told to the supervisor through `notices`.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = Some(notices);
+        self
     }
 
     /// Turns true when the agent shuts down: streams end then.

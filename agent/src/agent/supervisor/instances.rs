@@ -8,17 +8,23 @@ use rustix::process::Signal;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::launch::{InUse, InstanceFiles, prepare};
+use super::launch::{InUse, InstanceFiles, Start, prepare};
 use super::{Event, Supervisor, chain, unix_ms};
 use crate::agent::db::InstanceRecord;
 use crate::agent::health::{Target, probe};
 use crate::agent::network;
 use crate::agent::process::{Signaller, Vmm};
 use crate::agent::types::{EventKind, InstanceEnd};
-use crate::fleet::{EndReason, FailureOutcome, HealthCheck, InstanceStatus, InstanceView};
+use crate::fleet::starts::blame_snapshot;
+use crate::fleet::{
+    EndReason, FailureOutcome, HealthCheck, InstanceStatus, InstanceView, ServiceState, StartKind,
+};
 
 /// Margin after a stop's grace period before the agent kills herd-vmm itself.
 const KILL_MARGIN_MS: u64 = 5000;
+/// How often a restored instance is checked until it first passes (within its grace
+/// period): it runs within milliseconds, and counts as healthy as soon as it answers.
+const RESTORED_CHECK_MS: u64 = 5;
 
 /// One instance: its durable record and, while it runs, handles on its process and checks.
 #[derive(Debug)]
@@ -33,10 +39,15 @@ pub struct Live {
     /// When to SIGKILL an instance that ignores its stop (monotonic ms).
     pub kill_at_ms: Option<u64>,
     pub boot_time_ms: Option<u64>,
+    /// Has passed a health check (or has none) at some point.
+    pub ever_healthy: bool,
 }
 
 impl Live {
     pub fn new(record: InstanceRecord) -> Self {
+        // Adopted after a restart: an unhealthy or stopping instance may have been healthy;
+        // assume it was rather than blame a snapshot for what happened to it later.
+        let ever_healthy = !matches!(record.status, InstanceStatus::Starting);
         Self {
             record,
             signaller: None,
@@ -45,6 +56,7 @@ impl Live {
             started: Instant::now(),
             kill_at_ms: None,
             boot_time_ms: None,
+            ever_healthy,
         }
     }
 
@@ -98,6 +110,7 @@ impl Supervisor {
             return;
         };
         let id = crate::run::new_instance_id(service);
+        let restore = self.restore_source(&state);
         let mut record = InstanceRecord {
             id: id.clone(),
             service: service.to_owned(),
@@ -112,13 +125,21 @@ impl Supervisor {
             jail_uid: None,
             stop_reason: None,
             end: None,
+            start: restore
+                .as_ref()
+                .map_or(StartKind::Boot, |_| StartKind::Snapshot),
+            snapshot: restore.as_ref().map(|(key, _)| key.to_string()),
         };
-        let started = self.spawn_instance(&state, &mut record);
+        let start = restore
+            .as_ref()
+            .map_or(Start::Boot, |(_, p)| Start::Restore(p));
+        let started = self.spawn_instance(&state, &mut record, start);
         let mut live = Live::new(record);
         match started {
             Ok(vmm) => {
                 if state.spec.health_check.is_none() {
                     live.record.status = InstanceStatus::Healthy;
+                    live.ever_healthy = true;
                 }
                 live.signaller = vmm.signaller().ok();
                 self.watch_exit(&id, vmm);
@@ -128,8 +149,10 @@ impl Supervisor {
                 tracing::info!(instance = %id, pid = live.record.pid, "started");
                 self.save(&live.record);
                 self.counters.instances_started += 1;
+                self.counters.count_start(live.record.start);
                 let kind = EventKind::InstanceStarted {
                     generation: state.generation,
+                    start: live.record.start,
                 };
                 self.emit(service, Some(&id), kind);
                 self.instances.insert(id, live);
@@ -146,13 +169,21 @@ impl Supervisor {
     /// starts (an agent killed in between finds it by its directory) and again after.
     fn spawn_instance(
         &mut self,
-        state: &crate::fleet::ServiceState,
+        state: &ServiceState,
         record: &mut InstanceRecord,
+        start: Start<'_>,
     ) -> Result<Vmm, String> {
         let image = self.image(&state.digest).map_err(|e| chain(&e))?;
         let used = self.in_use();
-        let prepared = prepare(&self.settings.launch, state, &image, &record.id, &used)
-            .map_err(|e| chain(&e))?;
+        let prepared = prepare(
+            &self.settings.launch,
+            state,
+            &image,
+            &record.id,
+            &used,
+            start,
+        )
+        .map_err(|e| chain(&e))?;
         record.address = prepared.address;
         record.tap = prepared.tap;
         record.jail_uid = prepared.jail_uid;
@@ -184,19 +215,34 @@ impl Supervisor {
         let socket = InstanceFiles::new(&self.settings.launch.instances_dir, &id).vsock();
         let address = live.address();
         let check = check.clone();
+        let restored = live.record.start == StartKind::Snapshot && !live.ever_healthy;
         let task = tokio::spawn(async move {
             // The first check one interval after the start: the guest is still booting now.
             let every = Duration::from_millis(check.interval_ms);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let grace = Duration::from_millis(check.grace_ms);
+            let mut quick_until = restored.then(|| tokio::time::Instant::now() + grace);
             loop {
-                tick.tick().await;
+                match quick_until {
+                    Some(until) if tokio::time::Instant::now() < until => {
+                        let quick = Duration::from_millis(RESTORED_CHECK_MS).min(every);
+                        tokio::time::sleep(quick).await;
+                    }
+                    _ => {
+                        quick_until = None;
+                        tick.tick().await;
+                    }
+                }
                 let target = Target {
                     vsock_socket: &socket,
                     address,
                 };
                 let timeout = Duration::from_millis(check.timeout_ms);
                 let passed = probe(&check.probe, &target, timeout).await;
+                if passed {
+                    quick_until = None;
+                }
                 if tx
                     .send(Event::Health {
                         id: id.clone(),
@@ -271,6 +317,9 @@ impl Supervisor {
             return;
         }
         let reason = live.record.stop_reason.unwrap_or(EndReason::Exited);
+        // Only a herd-vmm that ran can blame its snapshot (not a start the agent failed).
+        let ran = live.record.pid.is_some();
+        let blame = ran && blame_snapshot(live.record.start, reason, live.ever_healthy);
         live.record.status = InstanceStatus::Exited;
         live.record.pid = None;
         live.record.end = Some(InstanceEnd {
@@ -289,7 +338,11 @@ impl Supervisor {
         self.clean_up(&record);
         self.save(&record);
         self.observe_exit(&record);
-        if reason.is_failure() {
+        if blame {
+            // The snapshot failed, not the service: no back-off, no rollback.
+            self.drop_snapshot(&record);
+            self.count_replacement(&record);
+        } else if reason.is_failure() {
             self.count_failure(&record);
         }
     }
@@ -328,6 +381,16 @@ impl Supervisor {
         }
     }
 
+    /// A failed instance is replaced without counting against its service's back-off.
+    fn count_replacement(&mut self, record: &InstanceRecord) {
+        if let Some(service) = self.services.get_mut(&record.service) {
+            service.replacements += 1;
+            let name = record.service.clone();
+            self.persist_service(&name);
+            self.emit(&name, Some(&record.id), EventKind::InstanceReplaced);
+        }
+    }
+
     fn count_failure(&mut self, record: &InstanceRecord) {
         let now = self.now_ms();
         let Some(service) = self.services.get_mut(&record.service) else {
@@ -351,6 +414,10 @@ impl Supervisor {
 
     /// A health check result.
     pub(super) fn on_health(&mut self, id: &str, passed: bool) {
+        if !passed && self.catalog.is_taking(id) {
+            // Paused for its snapshot: it cannot answer, and is resumed after.
+            return;
+        }
         let Some(live) = self.instances.get_mut(id) else {
             return;
         };
@@ -371,6 +438,7 @@ impl Supervisor {
         live.check_failures = if passed { 0 } else { live.check_failures + 1 };
         let changed = next != live.record.status;
         live.record.status = next;
+        live.ever_healthy |= next == InstanceStatus::Healthy;
         let failed_out = live.check_failures >= check.failure_threshold;
         let record = live.record.clone();
         if passed {
@@ -402,7 +470,7 @@ impl Supervisor {
     }
 
     /// The resolved image for a digest (cached: images are immutable).
-    fn image(
+    pub(super) fn image(
         &mut self,
         digest: &str,
     ) -> Result<crate::store::ResolvedImage, crate::store::StoreError> {

@@ -1,6 +1,11 @@
-//! Starting one instance: its directory, configuration archive, network interface and the
-//! herd-vmm command line, from the service's spec and the image it resolved to. Everything an
-//! instance needs lives in its directory, so herd-vmm never depends on the agent after start.
+//! Starting one instance: its directory, configuration archive (or, restored from a
+//! snapshot, its identity file), network interface and the herd-vmm command line, from the
+//! service's spec and the image it resolved to. Everything an instance needs lives in its
+//! directory (a snapshot it is restored from is opened before herd-vmm jails itself), so
+//! herd-vmm never depends on the agent after start.
+//!
+//! What a VM is ([`machine`]) is computed in one place for booting and for the snapshot key
+//! ([`snapshot_key`]), so a snapshot is only ever restored as the VM it was taken of.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -10,8 +15,10 @@ use herd_proto::{InstanceConfig, NetworkConfig};
 
 use crate::agent::cgroup::{CgroupError, Cgroups, Limits};
 use crate::agent::network::{self, Bridge, NetworkError};
+use crate::agent::vmsnap::restore::{Identity, RestorePlan};
+use crate::agent::vmsnap::{GUEST_CID, Inherited, SnapshotKey};
 use crate::fleet::{NetworkMode, ServiceState};
-use crate::run::{BootPlan, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
+use crate::run::{BootPlan, Disk, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
 use crate::store::ResolvedImage;
 
 /// Errors preparing an instance.
@@ -103,11 +110,23 @@ impl InstanceFiles {
     pub fn vsock(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
+    /// herd-vmm's control socket (`--api-socket`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+    /// Who a restored instance is (`--identity`).
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join("identity.json")
+    }
 
     /// Removes what only a running instance needs (the logs stay for `herd logs`).
     pub fn remove_runtime_files(&self) {
         let _ = std::fs::remove_file(self.archive());
+        let _ = std::fs::remove_file(self.identity());
         let _ = std::fs::remove_file(self.vsock());
+        let _ = std::fs::remove_file(self.api_socket());
+        // A snapshot interrupted by the end of the instance.
+        let _ = std::fs::remove_dir_all(self.dir.join(crate::agent::vmsnap::TAKEN_DIR));
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             // Guest-initiated vsock connections listen on `vsock.sock_<port>`.
             for e in entries.flatten() {
@@ -117,6 +136,15 @@ impl InstanceFiles {
             }
         }
     }
+}
+
+/// How an instance starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start<'a> {
+    /// Boot the image.
+    Boot,
+    /// Restore the installed snapshot in this directory.
+    Restore(&'a Path),
 }
 
 /// A prepared instance: what to run and what was set up for it.
@@ -129,17 +157,17 @@ pub struct Prepared {
     pub jail_uid: Option<u32>,
 }
 
-/// Creates the instance's directory, archive, TAP and (jailed) cgroup, and herd-vmm's
-/// arguments. On error nothing is left behind but the directory and, if made, the cgroup
-/// (removed with the instance's other leftovers).
+/// Creates the instance's directory, configuration (archive or identity), TAP and (jailed)
+/// cgroup, and herd-vmm's arguments. On error nothing is left behind but the directory and,
+/// if made, the cgroup (removed with the instance's other leftovers).
 pub fn prepare(
     settings: &LaunchSettings,
     service: &ServiceState,
     image: &ResolvedImage,
     id: &str,
     used: &InUse,
+    start: Start<'_>,
 ) -> Result<Prepared, LaunchError> {
-    let (used, used_uids) = (&used.addresses, &used.uids);
     let files = InstanceFiles::new(&settings.instances_dir, id);
     std::fs::create_dir_all(&files.dir).map_err(|e| LaunchError::Dir(files.dir.clone(), e))?;
     let network = match service.spec.network {
@@ -148,24 +176,17 @@ pub fn prepare(
             let bridge = settings.bridge.as_ref().ok_or(LaunchError::NoBridge)?;
             let addr = bridge
                 .subnet
-                .allocate(used)
+                .allocate(&used.addresses)
                 .ok_or_else(|| NetworkError::Exhausted(bridge.subnet.to_string()))?;
             Some((bridge, addr))
         }
     };
-    let config = InstanceConfig {
-        instance_id: id.to_owned(),
-        hostname: id.to_owned(),
-        env: service.spec.env.clone(),
-        args: service.spec.args.clone(),
-        network: network.map(|(bridge, addr)| NetworkConfig {
-            address: format!("{addr}/{}", bridge.subnet.prefix),
-            gateway: Some(bridge.subnet.gateway().to_string()),
-            dns: Vec::new(),
-        }),
-    };
-    let archive = instance_archive(&config).map_err(LaunchError::Archive)?;
-    std::fs::write(files.archive(), archive).map_err(|e| LaunchError::Write(files.archive(), e))?;
+    let net_config = network.map(|(bridge, addr)| NetworkConfig {
+        address: format!("{addr}/{}", bridge.subnet.prefix),
+        gateway: Some(bridge.subnet.gateway().to_string()),
+        dns: Vec::new(),
+    });
+    write_config(service, id, &files, net_config.as_ref(), start)?;
     let tap = match network {
         Some((bridge, _)) => {
             let name = network::tap_name(id);
@@ -174,36 +195,112 @@ pub fn prepare(
         }
         None => None,
     };
-    let plan = boot_plan(settings, service, image, &files, tap.clone());
-    let mut args = plan.vmm_args();
-    args.extend([
-        "--console-log".into(),
-        files.console_log().into(),
-        "--console-log-max-bytes".into(),
-        settings.console_log_max_bytes.to_string().into(),
-        "--cpuid-cache".into(),
-        settings.cpuid_cache.clone().into(),
-        // The boot-time line the agent reads is logged at info.
-        "--log-level".into(),
-        "info".into(),
-    ]);
+    let vm = machine(settings, service, image);
+    let mut args = vmm_args(settings, service, &vm, &files, tap.clone(), start);
     let jail_uid = match &settings.jail {
-        Some(jail) => Some(jail_args(jail, &plan, &files, id, used_uids, &mut args)?),
+        Some(jail) => Some(jail_args(jail, &vm, &files, id, &used.uids, &mut args)?),
         None => None,
     };
     Ok(Prepared {
         args,
-        address: config.network.map(|n| n.address),
+        address: net_config.map(|n| n.address),
         tap,
         jail_uid,
     })
+}
+
+/// Writes what the guest learns about itself: the instance configuration archive a boot
+/// appends, or the identity file a restore hands over.
+fn write_config(
+    service: &ServiceState,
+    id: &str,
+    files: &InstanceFiles,
+    network: Option<&NetworkConfig>,
+    start: Start<'_>,
+) -> Result<(), LaunchError> {
+    let (path, bytes) = match start {
+        Start::Boot => {
+            let config = InstanceConfig {
+                instance_id: id.to_owned(),
+                hostname: id.to_owned(),
+                env: service.spec.env.clone(),
+                args: service.spec.args.clone(),
+                network: network.cloned(),
+            };
+            let archive = instance_archive(&config).map_err(LaunchError::Archive)?;
+            (files.archive(), archive)
+        }
+        Start::Restore(_) => {
+            let identity = Identity {
+                instance_id: id,
+                hostname: id,
+                network,
+            };
+            (files.identity(), identity.to_json())
+        }
+    };
+    std::fs::write(&path, bytes).map_err(|e| LaunchError::Write(path, e))
+}
+
+/// herd-vmm's arguments apart from the jail's.
+fn vmm_args(
+    settings: &LaunchSettings,
+    service: &ServiceState,
+    vm: &Machine,
+    files: &InstanceFiles,
+    tap: Option<String>,
+    start: Start<'_>,
+) -> Vec<std::ffi::OsString> {
+    let mut vsock = std::ffi::OsString::from(format!("{GUEST_CID},"));
+    vsock.push(files.vsock());
+    let mut args = match start {
+        Start::Boot => {
+            let mut args = BootPlan {
+                kernel: vm.kernel.clone(),
+                initramfs: vm.initramfs.clone(),
+                instance_archive: files.archive(),
+                cmdline: vm.cmdline.clone(),
+                vcpus: vm.vcpus,
+                memory_mib: vm.memory_mib,
+                stop_grace_ms: service.spec.stop_timeout_ms,
+                disks: vm.disks.clone(),
+                taps: tap.into_iter().collect(),
+                vsock: Some(vsock),
+            }
+            .vmm_args();
+            // Restored VMs take their CPUID from the snapshot.
+            args.extend(["--cpuid-cache".into(), settings.cpuid_cache.clone().into()]);
+            args
+        }
+        Start::Restore(snapshot) => RestorePlan {
+            snapshot: snapshot.to_owned(),
+            identity: files.identity(),
+            stop_grace_ms: service.spec.stop_timeout_ms,
+            disks: vm.disks.clone(),
+            taps: tap.into_iter().collect(),
+            vsock,
+        }
+        .vmm_args(),
+    };
+    args.extend([
+        "--api-socket".into(),
+        files.api_socket().into(),
+        "--console-log".into(),
+        files.console_log().into(),
+        "--console-log-max-bytes".into(),
+        settings.console_log_max_bytes.to_string().into(),
+        // The boot-time line the agent reads is logged at info.
+        "--log-level".into(),
+        "info".into(),
+    ]);
+    args
 }
 
 /// Hands the instance's directory (which becomes its `/`) to a fresh uid, makes its cgroup,
 /// and adds the `--jail` flags; returns the uid.
 fn jail_args(
     jail: &JailSettings,
-    plan: &BootPlan,
+    vm: &Machine,
     files: &InstanceFiles,
     id: &str,
     used: &BTreeSet<u32>,
@@ -216,7 +313,7 @@ fn jail_args(
             std::fs::set_permissions(&files.dir, mode)
         })
         .map_err(|e| LaunchError::Chown(files.dir.clone(), e))?;
-    let limits = Limits::for_vm(plan.vcpus, plan.memory_mib, jail.memory_overhead_mib);
+    let limits = Limits::for_vm(vm.vcpus, vm.memory_mib, jail.memory_overhead_mib);
     let cgroups = jail.cgroups.create(id, &limits)?;
     args.extend(["--jail".into(), files.dir.clone().into()]);
     for (flag, value) in [("--jail-uid", uid), ("--jail-gid", uid)] {
@@ -228,30 +325,63 @@ fn jail_args(
     Ok(uid)
 }
 
-fn boot_plan(
+/// What a VM of a service is, however it starts: booted from these, or restored from a
+/// snapshot of a VM booted from them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Disks in guest order: the image's root filesystem, if it has one.
+    pub disks: Vec<Disk>,
+}
+
+/// The VM instances of `service` run, from its spec and image.
+pub fn machine(
     settings: &LaunchSettings,
     service: &ServiceState,
     image: &ResolvedImage,
-    files: &InstanceFiles,
-    tap: Option<String>,
-) -> BootPlan {
+) -> Machine {
     let mut cmdline = image.config.kernel.cmdline.clone();
     if settings.pvm {
         cmdline = format!("{cmdline} {PVM_CMDLINE}");
     }
-    let mut vsock = std::ffi::OsString::from("3,");
-    vsock.push(files.vsock());
-    BootPlan {
+    Machine {
         kernel: image.kernel.clone(),
         initramfs: image.initramfs.clone(),
-        instance_archive: files.archive(),
         cmdline,
         vcpus: service.spec.vcpus.unwrap_or(image.config.vcpus),
         memory_mib: service.spec.memory_mib.unwrap_or(image.config.memory_mib),
-        stop_grace_ms: service.spec.stop_timeout_ms,
         disks: with_rootfs(image.rootfs.as_ref().map(|(_, p)| p.as_path()), Vec::new()),
-        taps: tap.into_iter().collect(),
-        vsock: Some(vsock),
+    }
+}
+
+/// The key of snapshots instances of `service` can start from: its image, its [`machine`]
+/// and everything else a restored VM keeps (environment, arguments, devices).
+pub fn snapshot_key(
+    settings: &LaunchSettings,
+    service: &ServiceState,
+    image: &ResolvedImage,
+) -> SnapshotKey {
+    let vm = machine(settings, service, image);
+    let inherited = Inherited {
+        cmdline: &vm.cmdline,
+        env: &service.spec.env,
+        args: service.spec.args.as_deref(),
+        network_interfaces: network_interfaces(service),
+        disks_read_only: vm.disks.iter().map(|d| d.read_only).collect(),
+        vsock_cid: GUEST_CID,
+    };
+    SnapshotKey::new(&image.digest, vm.vcpus, vm.memory_mib, &inherited)
+}
+
+/// virtio-net devices instances of `service` have.
+pub fn network_interfaces(service: &ServiceState) -> u8 {
+    match service.spec.network {
+        NetworkMode::Bridge => 1,
+        NetworkMode::None => 0,
     }
 }
 
@@ -279,6 +409,144 @@ pub fn boot_time_ms(vmm_log: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(dir: &Path) -> LaunchSettings {
+        LaunchSettings {
+            instances_dir: dir.join("instances"),
+            bridge: None,
+            console_log_max_bytes: 4096,
+            pvm: false,
+            cpuid_cache: dir.to_owned(),
+            jail: None,
+        }
+    }
+
+    fn service(json: serde_json::Value) -> ServiceState {
+        ServiceState::new(serde_json::from_value(json).unwrap(), image().digest)
+    }
+
+    fn image() -> ResolvedImage {
+        let config = br#"{"name":"app","version":"1","entrypoint":["/app"],"memory_mib":64,
+            "kernel":{"format":"elf","cmdline":"console=ttyS0"}}"#;
+        ResolvedImage {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            config: crate::image::config::ImageConfig::from_json(config).unwrap(),
+            kernel: "/store/kernel".into(),
+            initramfs: "/store/initramfs".into(),
+            rootfs: None,
+            refs: vec![],
+            manifest: vec![],
+        }
+    }
+
+    fn words(args: &[std::ffi::OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_restore_gets_an_identity_and_the_snapshot_instead_of_the_boot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let web = service(
+            serde_json::json!({"name": "web", "image": "app:1", "network": "none",
+            "env": {"A": "1"}, "stop_timeout_ms": 300}),
+        );
+        let snapshot = dir.path().join("snapshots/ab/1x64-0123456789abcdef");
+        let id = "web-0000abcd";
+        let used = InUse::default();
+        let restore = prepare(
+            &settings,
+            &web,
+            &image(),
+            id,
+            &used,
+            Start::Restore(&snapshot),
+        );
+        let args = words(&restore.unwrap().args);
+        let files = InstanceFiles::new(&settings.instances_dir, id);
+        let identity = std::fs::read_to_string(files.identity()).unwrap();
+        assert_eq!(
+            identity,
+            r#"{"instance_id":"web-0000abcd","hostname":"web-0000abcd"}"#
+        );
+        assert!(!files.archive().exists());
+        let at = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+        };
+        assert_eq!(at("--restore"), Some(snapshot.display().to_string()));
+        assert_eq!(
+            at("--api-socket"),
+            Some(files.api_socket().display().to_string())
+        );
+        assert_eq!(
+            at("--vsock"),
+            Some(format!("3,{}", files.vsock().display()))
+        );
+        assert_eq!(at("--stop-grace").as_deref(), Some("300"));
+        for booting in ["--kernel", "--initrd", "--memory", "--cpuid-cache", "--net"] {
+            assert_eq!(at(booting), None, "{booting}");
+        }
+        // Booting the same service: the archive, the image's files, the same control socket.
+        let boot = words(
+            &prepare(&settings, &web, &image(), id, &used, Start::Boot)
+                .unwrap()
+                .args,
+        );
+        let at = |flag: &str| {
+            boot.iter()
+                .position(|a| a == flag)
+                .map(|i| boot[i + 1].clone())
+        };
+        assert_eq!(at("--kernel").as_deref(), Some("/store/kernel"));
+        assert_eq!(at("--memory").as_deref(), Some("64"));
+        assert_eq!(
+            at("--api-socket"),
+            Some(files.api_socket().display().to_string())
+        );
+        assert!(files.archive().exists());
+    }
+
+    #[test]
+    fn the_snapshot_key_follows_what_the_vm_inherits_not_what_it_is_told_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let key = |json| snapshot_key(&settings, &service(json), &image());
+        let base = key(serde_json::json!({"name": "web", "image": "app:1"}));
+        assert_eq!(
+            (base.vcpus, base.memory_mib),
+            (1, 64),
+            "the image's defaults"
+        );
+        // Replicas, checks, policies and the service's name are not part of the VM.
+        let same = key(
+            serde_json::json!({"name": "api", "image": "app:1", "replicas": 5,
+            "stop_timeout_ms": 1, "snapshot_starts": true,
+            "health_check": {"vsock": {"port": 5000}}}),
+        );
+        assert_eq!(same, base);
+        for other in [
+            serde_json::json!({"name": "web", "image": "app:1", "memory_mib": 128}),
+            serde_json::json!({"name": "web", "image": "app:1", "env": {"A": "1"}}),
+            serde_json::json!({"name": "web", "image": "app:1", "args": []}),
+            serde_json::json!({"name": "web", "image": "app:1", "network": "none"}),
+        ] {
+            assert_ne!(key(other.clone()), base, "{other}");
+        }
+        let pvm = LaunchSettings {
+            pvm: true,
+            ..settings.clone()
+        };
+        let on_pvm = snapshot_key(
+            &pvm,
+            &service(serde_json::json!({"name": "web", "image": "app:1"})),
+            &image(),
+        );
+        assert_ne!(on_pvm, base, "another kernel command line");
+    }
 
     #[test]
     fn boot_time_comes_from_the_vmm_log() {

@@ -3,7 +3,8 @@
 //! instance records in memory and in the database, and after each of them asks the
 //! reconciler (`fleet::plan`) what to start and stop. Nothing else changes fleet state, so
 //! there are no locks and every change is ordered. What it tells the outside (events,
-//! counters, a published snapshot) is in `observe`.
+//! counters, a published snapshot) is in `observe`; VM snapshots of `snapshot_starts`
+//! services (taking, installing, dropping them) in `snapshots`.
 //!
 //! Time: back-off and check grace periods use a monotonic clock (the wall clock can jump);
 //! records carry Unix ms for people.
@@ -13,6 +14,7 @@ mod instances;
 pub mod launch;
 mod observe;
 mod requests;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use super::dispatch::Call;
 use super::events::{self, EventLog};
 use super::snapshot::{Counters, FleetSnapshot};
 use super::types::EventKind;
+use super::vmsnap::{self, Catalog, SnapshotDir, SnapshotStoreError};
 use crate::fleet::{Action, InstanceView, ServiceState, ServiceView, plan};
 use crate::store::ResolvedImage;
 pub use instances::Live;
@@ -36,13 +39,40 @@ pub use launch::{JailSettings, LaunchSettings, boot_time_ms};
 pub enum SupervisorError {
     #[error("cannot read the agent's state")]
     Load(#[source] DbError),
+    #[error("cannot open the snapshots directory")]
+    Snapshots(#[source] SnapshotStoreError),
 }
 
-/// What per-instance tasks report.
+/// What per-instance tasks (and the image routes) report.
 #[derive(Debug)]
 pub enum Event {
-    Exited { id: String, code: Option<i32> },
-    Health { id: String, passed: bool },
+    Exited {
+        id: String,
+        code: Option<i32>,
+    },
+    Health {
+        id: String,
+        passed: bool,
+    },
+    /// A snapshot task ended.
+    SnapshotTaken(Box<vmsnap::Outcome>),
+    /// Blobs left the image store; those that were image manifests take their snapshots.
+    BlobsRemoved {
+        digests: Vec<String>,
+    },
+}
+
+/// Tells the supervisor what changed outside it (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Notices(mpsc::UnboundedSender<Event>);
+
+impl Notices {
+    /// Blobs were deleted from the image store (`herd image rm` through the API).
+    pub fn blobs_removed(&self, digests: Vec<String>) {
+        if !digests.is_empty() {
+            let _ = self.0.send(Event::BlobsRemoved { digests });
+        }
+    }
 }
 
 /// The agent's settings the supervisor needs.
@@ -54,6 +84,8 @@ pub struct Settings {
     pub launch: LaunchSettings,
     /// Records of ended instances (and their logs) are kept this long.
     pub keep_ended_ms: u64,
+    /// VM snapshots of `snapshot_starts` services (`<state>/snapshots`).
+    pub snapshots_dir: PathBuf,
 }
 
 /// The fleet and everything needed to change it.
@@ -72,6 +104,10 @@ pub struct Supervisor {
     events: EventLog,
     counters: Counters,
     fleet_tx: watch::Sender<Arc<FleetSnapshot>>,
+    /// Installed VM snapshots and the state of each key.
+    catalog: Catalog,
+    /// Snapshot keys of snapshot-starts services by (service, generation).
+    snapshot_keys: HashMap<(String, u64), vmsnap::SnapshotKey>,
 }
 
 /// How often ended instances past their keep time are forgotten.
@@ -81,6 +117,10 @@ impl Supervisor {
     /// Loads the state and takes over the instances an earlier agent left running.
     pub fn start(settings: Settings, db: Db) -> Result<Self, SupervisorError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let dir = SnapshotDir::open(&settings.snapshots_dir).map_err(SupervisorError::Snapshots)?;
+        let in_store = snapshots::store_digests(&settings.home);
+        // A store that cannot be read says nothing about which images are gone: keep all.
+        let catalog = Catalog::load(dir, &|d| in_store.as_ref().is_none_or(|s| s.contains(d)));
         let mut sup = Self {
             settings,
             db,
@@ -94,6 +134,8 @@ impl Supervisor {
             events: EventLog::new(events::CAPACITY),
             counters: Counters::default(),
             fleet_tx: watch::channel(Arc::default()).0,
+            catalog,
+            snapshot_keys: HashMap::new(),
         };
         sup.adopt().map_err(SupervisorError::Load)?;
         if let Some(jail) = &sup.settings.launch.jail {
@@ -108,6 +150,11 @@ impl Supervisor {
         Ok(sup)
     }
 
+    /// A handle to tell the supervisor what changed outside it.
+    pub fn notices(&self) -> Notices {
+        Notices(self.events_tx.clone())
+    }
+
     /// Monotonic milliseconds since the supervisor started.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -119,6 +166,7 @@ impl Supervisor {
     /// Returns how many instances are still running then (they keep running).
     pub async fn run(mut self, mut calls: mpsc::Receiver<Call>) -> usize {
         self.reconcile_all();
+        self.take_snapshots();
         self.publish();
         loop {
             let wake = self.next_wake();
@@ -133,6 +181,9 @@ impl Supervisor {
                 () = sleep_until(wake) => self.on_timer(),
             }
             self.reconcile_all();
+            // A snapshot-starts service has health checks, which wake the loop every interval:
+            // a key's retry time is noticed without a timer of its own.
+            self.take_snapshots();
             self.publish();
         }
         self.instances
@@ -166,6 +217,7 @@ impl Supervisor {
         if now >= self.pruned_ms + PRUNE_EVERY_MS {
             self.pruned_ms = now;
             self.prune();
+            self.sweep_snapshots();
         }
     }
 
@@ -188,6 +240,8 @@ impl Supervisor {
         match event {
             Event::Exited { id, code } => self.on_exit(&id, code),
             Event::Health { id, passed } => self.on_health(&id, passed),
+            Event::SnapshotTaken(outcome) => self.on_snapshot_taken(*outcome),
+            Event::BlobsRemoved { digests } => self.on_blobs_removed(&digests),
         }
     }
 

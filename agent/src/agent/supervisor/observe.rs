@@ -129,6 +129,8 @@ impl Supervisor {
                 .map(|(id, i)| (id.clone(), i.record.status.is_live()))
                 .collect(),
             counters: self.counters.clone(),
+            vm_snapshots: self.catalog.totals().0,
+            vm_snapshot_bytes: self.catalog.totals().1,
         }
     }
 }

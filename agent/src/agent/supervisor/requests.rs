@@ -12,9 +12,12 @@ impl Supervisor {
     /// Handles one API request.
     pub fn handle(&mut self, request: Request) -> Reply {
         match request {
-            Request::ListServices => Ok(Response::Services(
-                self.services.keys().map(|n| self.service_info(n)).collect(),
-            )),
+            Request::ListServices => {
+                let names: Vec<String> = self.services.keys().cloned().collect();
+                Ok(Response::Services(
+                    names.iter().map(|n| self.service_info(n)).collect(),
+                ))
+            }
             Request::GetService { name } => {
                 self.known(&name)?;
                 Ok(Response::Service(self.service_info(&name)))
@@ -153,8 +156,10 @@ impl Supervisor {
         }
     }
 
-    fn service_info(&self, name: &str) -> ServiceInfo {
-        let s = &self.services[name];
+    fn service_info(&mut self, name: &str) -> ServiceInfo {
+        let state = self.services[name].clone();
+        let snapshot = self.snapshot_info(&state).map(Box::new);
+        let s = &state;
         let running: Vec<&Live> = self
             .instances
             .values()
@@ -177,6 +182,7 @@ impl Supervisor {
                 .backoff
                 .blocks(now)
                 .then(|| unix_ms() + (s.backoff.not_before_ms - now)),
+            snapshot,
         }
     }
 
@@ -194,6 +200,7 @@ impl Supervisor {
             address: r.address.clone(),
             started_at_ms: r.started_at_ms,
             boot_time_ms,
+            start: r.start,
             uptime_ms: until.saturating_sub(r.started_at_ms),
             end: r.end.clone(),
         }

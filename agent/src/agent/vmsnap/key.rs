@@ -114,6 +114,16 @@ impl fmt::Display for SnapshotKey {
     }
 }
 
+impl std::str::FromStr for SnapshotKey {
+    type Err = ();
+
+    /// The [`Display`](fmt::Display) form, `sha256:<hex>/<vcpus>x<MiB>-<hash>`.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (digest, name) = s.split_once('/').ok_or(())?;
+        Self::parse(digest_hex(digest).ok_or(())?, name).ok_or(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
