@@ -254,24 +254,19 @@ fn vmm_args(
     let mut vsock = std::ffi::OsString::from(format!("{GUEST_CID},"));
     vsock.push(files.vsock());
     let mut args = match start {
-        Start::Boot => {
-            let mut args = BootPlan {
-                kernel: vm.kernel.clone(),
-                initramfs: vm.initramfs.clone(),
-                instance_archive: files.archive(),
-                cmdline: vm.cmdline.clone(),
-                vcpus: vm.vcpus,
-                memory_mib: vm.memory_mib,
-                stop_grace_ms: service.spec.stop_timeout_ms,
-                disks: vm.disks.clone(),
-                taps: tap.into_iter().collect(),
-                vsock: Some(vsock),
-            }
-            .vmm_args();
-            // Restored VMs take their CPUID from the snapshot.
-            args.extend(["--cpuid-cache".into(), settings.cpuid_cache.clone().into()]);
-            args
+        Start::Boot => BootPlan {
+            kernel: vm.kernel.clone(),
+            initramfs: vm.initramfs.clone(),
+            instance_archive: files.archive(),
+            cmdline: vm.cmdline.clone(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            stop_grace_ms: service.spec.stop_timeout_ms,
+            disks: vm.disks.clone(),
+            taps: tap.into_iter().collect(),
+            vsock: Some(vsock),
         }
+        .vmm_args(),
         Start::Restore(snapshot) => RestorePlan {
             snapshot: snapshot.to_owned(),
             identity: files.identity(),
@@ -283,6 +278,9 @@ fn vmm_args(
         .vmm_args(),
     };
     args.extend([
+        // A restore needs the host's CPUID too: to check the snapshot's CPU model.
+        "--cpuid-cache".into(),
+        settings.cpuid_cache.clone().into(),
         "--api-socket".into(),
         files.api_socket().into(),
         "--console-log".into(),
@@ -487,7 +485,13 @@ mod tests {
             Some(format!("3,{}", files.vsock().display()))
         );
         assert_eq!(at("--stop-grace").as_deref(), Some("300"));
-        for booting in ["--kernel", "--initrd", "--memory", "--cpuid-cache", "--net"] {
+        for booting in [
+            "--kernel",
+            "--initrd",
+            "--memory",
+            "--map-boot-files",
+            "--net",
+        ] {
             assert_eq!(at(booting), None, "{booting}");
         }
         // Booting the same service: the archive, the image's files, the same control socket.
