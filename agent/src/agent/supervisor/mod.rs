@@ -138,6 +138,7 @@ impl Supervisor {
             snapshot_keys: HashMap::new(),
         };
         sup.adopt().map_err(SupervisorError::Load)?;
+        sup.resume_adopted();
         if let Some(jail) = &sup.settings.launch.jail {
             let live = |id: &str| {
                 sup.instances

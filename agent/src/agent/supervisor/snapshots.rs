@@ -7,7 +7,9 @@
 //!
 //! Level-triggered, like the reconciler: what is missing is taken whenever it can be, so an
 //! update that enables snapshot starts, an agent restart, or a dropped snapshot all lead to
-//! a new one without an event of their own.
+//! a new one without an event of their own; and every minute the snapshots no service starts
+//! from any more (its settings changed, it was deleted, its image left the store) are
+//! removed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,9 @@ use super::launch::{self, InstanceFiles};
 use super::{Event, Supervisor, chain};
 use crate::agent::db::InstanceRecord;
 use crate::agent::types::{EventKind, SnapshotInfo, SnapshotState};
-use crate::agent::vmsnap::{self, GUEST_CID, Outcome, SnapshotKey, SnapshotMeta};
+use crate::agent::vmsnap::{self, GUEST_CID, Outcome, SnapshotKey, SnapshotMeta, control};
 use crate::fleet::starts::pick_source;
-use crate::fleet::{Candidate, ServiceState};
+use crate::fleet::{Candidate, ServiceState, StartKind};
 use crate::store::Store;
 
 /// The digests of the images in the store at `home`; `None` if it cannot be read.
@@ -228,9 +230,13 @@ impl Supervisor {
         }
     }
 
-    /// Removes the snapshots of images that left the store without the agent being told
-    /// (`herd image rm` on the host).
+    /// Removes the snapshots no service starts instances from any more, and those of images
+    /// that left the store without the agent being told (`herd image rm` on the host).
     pub(super) fn sweep_snapshots(&mut self) {
+        let wanted = self.wanted_keys();
+        for key in self.catalog.retain(&wanted) {
+            tracing::info!(%key, "no service starts instances from this snapshot: removed");
+        }
         let Some(in_store) = store_digests(&self.settings.home) else {
             return;
         };
@@ -238,6 +244,55 @@ impl Supervisor {
             .filter(|d| !in_store.contains(d))
             .collect();
         self.on_blobs_removed(&gone);
+    }
+
+    /// The keys snapshot-starts services start instances with: the current generation's,
+    /// and during a rollout the one a rollback would go back to.
+    fn wanted_keys(&mut self) -> BTreeSet<SnapshotKey> {
+        let states: Vec<ServiceState> = self.services.values().cloned().collect();
+        let mut wanted = BTreeSet::new();
+        for state in states {
+            let previous = state.rollout.as_ref().map(|r| ServiceState {
+                spec: r.previous.clone(),
+                digest: r.previous_digest.clone(),
+                generation: r.from_generation,
+                ..state.clone()
+            });
+            for s in std::iter::once(&state).chain(previous.as_ref()) {
+                wanted.extend(self.key_of(s));
+            }
+        }
+        wanted
+    }
+
+    /// Resumes adopted instances an earlier agent may have left paused for a snapshot when
+    /// it died (those a snapshot could have been taken of).
+    pub(super) fn resume_adopted(&self) {
+        let snapshotting = |service: &str| {
+            self.services
+                .get(service)
+                .is_some_and(|s| s.spec.snapshot_starts)
+        };
+        for live in self.instances.values() {
+            let r = &live.record;
+            if !(r.status.can_check() && r.start == StartKind::Boot && snapshotting(&r.service)) {
+                continue;
+            }
+            let socket =
+                InstanceFiles::new(&self.settings.launch.instances_dir, &r.id).api_socket();
+            let id = r.id.clone();
+            tokio::spawn(async move {
+                match control::resume_if_paused(&socket).await {
+                    Ok(true) => {
+                        tracing::warn!(instance = id, "resumed: left paused by an earlier agent")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(instance = id, error = %chain(&e), "cannot check whether it is paused")
+                    }
+                }
+            });
+        }
     }
 
     /// What `GET /v1/services/{name}` says about the service's snapshot.

@@ -48,6 +48,7 @@ pub enum ControlError {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 enum Action<'a> {
+    Status,
     Pause,
     Resume,
     Snapshot { dir: &'a str },
@@ -56,17 +57,19 @@ enum Action<'a> {
 impl Action<'_> {
     fn name(&self) -> &'static str {
         match self {
+            Self::Status => "status",
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Snapshot { .. } => "snapshot",
         }
     }
 
-    /// The state the VM is in after the action succeeded.
-    fn leaves(&self) -> VmState {
+    /// The state the VM is in after the action succeeded (`None`: as it was).
+    fn leaves(&self) -> Option<VmState> {
         match self {
-            Self::Resume => VmState::Running,
-            Self::Pause | Self::Snapshot { .. } => VmState::Paused,
+            Self::Status => None,
+            Self::Resume => Some(VmState::Running),
+            Self::Pause | Self::Snapshot { .. } => Some(VmState::Paused),
         }
     }
 }
@@ -147,15 +150,29 @@ impl Control {
     }
 }
 
-fn check(action: &'static str, want: VmState, reply: Reply) -> Result<Reply, ControlError> {
+fn check(action: &'static str, want: Option<VmState>, reply: Reply) -> Result<Reply, ControlError> {
     if !reply.ok {
         let error = reply.error.unwrap_or_else(|| "no reason given".to_owned());
         return Err(ControlError::Refused { action, error });
     }
-    match reply.state {
-        Some(state) if state != want => Err(ControlError::WrongState { action, state }),
+    match (reply.state, want) {
+        (Some(state), Some(want)) if state != want => {
+            Err(ControlError::WrongState { action, state })
+        }
         _ => Ok(reply),
     }
+}
+
+/// Resumes the VM behind `socket` if it is paused, as an agent that died between pausing it
+/// for a snapshot and resuming it leaves it; returns whether it was paused.
+pub async fn resume_if_paused(socket: &Path) -> Result<bool, ControlError> {
+    let mut control = Control::connect(socket).await?;
+    let status = control.call(&Action::Status, QUICK).await?;
+    if status.state != Some(VmState::Paused) {
+        return Ok(false);
+    }
+    control.call(&Action::Resume, QUICK).await?;
+    Ok(true)
 }
 
 /// What [`take`] did: the snapshot (memory bytes written) and the resume, which is tried

@@ -15,7 +15,7 @@ pub mod key;
 pub mod restore;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -244,6 +244,22 @@ impl Catalog {
         }
     }
 
+    /// Removes the installed snapshots whose key is not in `wanted` (no service starts
+    /// instances from them any more: its settings changed or it is gone); returns their keys.
+    /// Without this, every change of a service's env would leave a snapshot behind until its
+    /// image is removed.
+    pub fn retain(&mut self, wanted: &BTreeSet<SnapshotKey>) -> Vec<SnapshotKey> {
+        let unused: Vec<SnapshotKey> = (self.ready.keys())
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for key in &unused {
+            self.ready.remove(key);
+            log_removal(self.dir.remove(key), key);
+        }
+        unused
+    }
+
     /// Digests that have installed snapshots.
     pub fn digests(&self) -> Vec<String> {
         let mut d: Vec<String> = self.ready.keys().map(|k| k.digest.clone()).collect();
@@ -266,3 +282,6 @@ fn log_removal(result: Result<(), SnapshotStoreError>, key: &SnapshotKey) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -195,9 +195,13 @@ impl SnapshotDir {
         Ok(dest)
     }
 
-    /// Removes the snapshot of `key`, if there is one.
+    /// Removes the snapshot of `key`, if there is one, and its image's directory if that
+    /// is left empty.
     pub fn remove(&self, key: &SnapshotKey) -> Result<(), SnapshotStoreError> {
-        self.remove_path(&self.path_of(key))
+        self.remove_path(&self.path_of(key))?;
+        // Fails while the image has other snapshots, which is as it should be.
+        let _ = std::fs::remove_dir(self.root.join(key.image_dir()));
+        Ok(())
     }
 
     /// Removes every snapshot of the image `digest`.

@@ -175,3 +175,23 @@ async fn only_a_socket_is_connected_to() {
     assert!(matches!(missing.snapshot, Err(ControlError::Connect(..))));
     assert!(requests(&seen).is_empty());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_vm_left_paused_is_resumed_and_a_running_one_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for (state, resumed) in [("paused", true), ("running", false)] {
+        let socket = dir.path().join(format!("{state}.sock"));
+        let status = format!("{{\"ok\":true,\"state\":\"{state}\"}}\n");
+        let seen = fake_vmm(&socket, move |a| match a {
+            "status" => Some(status.clone()),
+            other => honest(other),
+        });
+        assert_eq!(resume_if_paused(&socket).await.unwrap(), resumed, "{state}");
+        let actions: Vec<String> = requests(&seen).into_iter().map(|r| r.1).collect();
+        let mut want = vec![r#"{"action":"status"}"#.to_owned()];
+        if resumed {
+            want.push(r#"{"action":"resume"}"#.to_owned());
+        }
+        assert_eq!(actions, want, "{state}");
+    }
+}
