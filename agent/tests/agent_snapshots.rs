@@ -224,6 +224,12 @@ fn instances_start_from_a_snapshot_of_the_first_healthy_one_which_goes_with_its_
         .collect();
     assert_eq!(taken.len(), 1, "{taken:?}");
     assert_eq!(taken[0]["instance"], source["id"]);
+    let (paused, total) = (
+        taken[0]["paused_ms"].as_u64(),
+        taken[0]["duration_ms"].as_u64(),
+    );
+    assert!(paused <= total, "{}", taken[0]);
+    println!("snapshot: paused {paused:?} ms, installed after {total:?} ms");
     // The source was paused and resumed: it still serves, and says who it is.
     assert_eq!(
         ask(&agent, &id_of(&source), "id"),

@@ -208,7 +208,9 @@ pub enum EventKind {
         digest: String,
         key: String,
         memory_bytes: u64,
-        /// Pause to installed.
+        /// How long the instance was paused (it serves nothing meanwhile).
+        paused_ms: u64,
+        /// To the snapshot installed: the pause, then a copy into the agent's own files.
         duration_ms: u64,
     },
     /// Taking a snapshot of the instance failed; instances keep booting.

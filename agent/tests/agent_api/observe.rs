@@ -364,6 +364,7 @@ async fn snapshot_events_fit_the_document() {
         digest: format!("sha256:{}", "ab".repeat(32)),
         key: "1x128-0123456789abcdef".into(),
         memory_bytes: 9 << 20,
+        paused_ms: 12,
         duration_ms: 40,
     };
     events.record("web", Some("web-000002a1"), taken);

@@ -143,10 +143,10 @@ impl Supervisor {
             key,
             instance,
             sealed,
-            resumed,
+            paused,
             elapsed_ms,
         } = outcome;
-        if let Err(e) = &resumed {
+        if let Err(e) = &paused.resumed {
             // Paused for good, it fails its checks and is replaced.
             tracing::error!(instance, error = %chain(e), "cannot resume the VM after its snapshot");
         }
@@ -160,12 +160,14 @@ impl Supervisor {
         let memory_bytes = sealed.meta.memory_bytes;
         match self.catalog.finish(&key, sealed, wanted) {
             Ok(Some(path)) => {
-                tracing::info!(instance, %key, path = %path.display(), elapsed_ms, "snapshot installed");
+                let paused_ms = paused.ms;
+                tracing::info!(instance, %key, path = %path.display(), paused_ms, elapsed_ms, "snapshot installed");
                 self.counters.snapshots_taken += 1;
                 let kind = EventKind::SnapshotTaken {
                     digest: key.digest.clone(),
                     key: key.name(),
                     memory_bytes,
+                    paused_ms,
                     duration_ms: elapsed_ms,
                 };
                 self.emit(&service, Some(&instance), kind);

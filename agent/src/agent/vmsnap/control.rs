@@ -175,34 +175,46 @@ pub async fn resume_if_paused(socket: &Path) -> Result<bool, ControlError> {
     Ok(true)
 }
 
-/// What [`take`] did: the snapshot (memory bytes written) and the resume, which is tried
-/// whatever happened to the snapshot.
+/// How a VM's pause for a snapshot ended: whether it was resumed (tried whatever happened
+/// to the snapshot), and how long it was paused.
+#[derive(Debug)]
+pub struct Paused {
+    pub resumed: Result<(), ControlError>,
+    pub ms: u64,
+}
+
+impl Paused {
+    /// Never paused.
+    pub fn not() -> Self {
+        Self {
+            resumed: Ok(()),
+            ms: 0,
+        }
+    }
+}
+
+/// What [`take`] did: the snapshot (memory bytes written) and the pause.
 #[derive(Debug)]
 pub struct Taken {
     pub snapshot: Result<u64, ControlError>,
-    pub resumed: Result<(), ControlError>,
+    pub paused: Paused,
 }
 
 /// Pauses the VM behind `socket`, has herd-vmm write a snapshot to `dir` (a path as herd-vmm
 /// sees it: inside its jail when jailed) within `timeout`, and resumes the VM.
 pub async fn take(socket: &Path, dir: &str, timeout: Duration) -> Taken {
+    let not_paused = |e| Taken {
+        snapshot: Err(e),
+        paused: Paused::not(),
+    };
     let mut control = match Control::connect(socket).await {
         Ok(c) => c,
-        Err(e) => {
-            return Taken {
-                snapshot: Err(e),
-                resumed: Ok(()),
-            };
-        }
+        Err(e) => return not_paused(e),
     };
+    let pausing = std::time::Instant::now();
     let snapshot = match control.call(&Action::Pause, QUICK).await {
         // Refused: the VM is as it was, running; there is nothing to resume.
-        Err(e @ ControlError::Refused { .. }) => {
-            return Taken {
-                snapshot: Err(e),
-                resumed: Ok(()),
-            };
-        }
+        Err(e @ ControlError::Refused { .. }) => return not_paused(e),
         // Unknown whether it paused (or will): resume below.
         Err(e) => Err(e),
         Ok(_) => control
@@ -211,20 +223,21 @@ pub async fn take(socket: &Path, dir: &str, timeout: Duration) -> Taken {
             .map(|reply| reply.bytes.unwrap_or(0)),
     };
     // After a failure the connection may still owe a late reply: resume on a fresh one.
-    if snapshot.is_err() {
-        drop(control);
-        control = match Control::connect(socket).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Taken {
-                    snapshot,
-                    resumed: Err(e),
-                };
+    let resumed = match snapshot.is_ok() {
+        true => control.call(&Action::Resume, QUICK).await.map(|_| ()),
+        false => {
+            drop(control);
+            match Control::connect(socket).await {
+                Ok(mut fresh) => fresh.call(&Action::Resume, QUICK).await.map(|_| ()),
+                Err(e) => Err(e),
             }
-        };
+        }
+    };
+    let ms = pausing.elapsed().as_millis() as u64;
+    Taken {
+        snapshot,
+        paused: Paused { resumed, ms },
     }
-    let resumed = control.call(&Action::Resume, QUICK).await.map(|_| ());
-    Taken { snapshot, resumed }
 }
 
 #[cfg(test)]

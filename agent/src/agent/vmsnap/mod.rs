@@ -61,8 +61,9 @@ pub struct Outcome {
     pub key: SnapshotKey,
     pub instance: String,
     pub sealed: Result<Sealed, TakeError>,
-    /// The VM was resumed after the snapshot (tried whatever happened to it).
-    pub resumed: Result<(), control::ControlError>,
+    /// The instance's pause: resumed or not, and for how long.
+    pub paused: control::Paused,
+    /// From connecting to its control socket to the snapshot sealed (or the failure).
     pub elapsed_ms: u64,
 }
 
@@ -76,29 +77,29 @@ pub fn snapshot_timeout(memory_mib: u32) -> Duration {
 pub async fn take(job: Job) -> Outcome {
     let started = Instant::now();
     let (key, instance) = (job.meta.key(), job.meta.source_instance.clone());
-    let (sealed, resumed) = match take_and_seal(job).await {
-        Ok((sealed, resumed)) => (Ok(sealed), resumed),
-        Err((e, resumed)) => (Err(e), resumed),
+    let (sealed, paused) = match take_and_seal(job).await {
+        Ok((sealed, paused)) => (Ok(sealed), paused),
+        Err((e, paused)) => (Err(e), paused),
     };
     Outcome {
         key,
         instance,
         sealed,
-        resumed,
+        paused,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
 }
 
-type Resumed = Result<(), control::ControlError>;
+type Paused = control::Paused;
 
-async fn take_and_seal(mut job: Job) -> Result<(Sealed, Resumed), (TakeError, Resumed)> {
+async fn take_and_seal(mut job: Job) -> Result<(Sealed, Paused), (TakeError, Paused)> {
     let taken = job.instance_dir.join(TAKEN_DIR);
     let seen_by_vmm = if job.jailed {
         Path::new("/").join(TAKEN_DIR)
     } else {
         taken.clone()
     };
-    let fail = |e| (e, Ok(()));
+    let fail = |e| (e, Paused::not());
     let dir = seen_by_vmm
         .to_str()
         .ok_or_else(|| fail(TakeError::NotUtf8(seen_by_vmm.clone())))?
@@ -113,16 +114,16 @@ async fn take_and_seal(mut job: Job) -> Result<(Sealed, Resumed), (TakeError, Re
     let result = control::take(&job.socket, &dir, timeout).await;
     let bytes = match result.snapshot {
         Ok(bytes) => bytes,
-        Err(e) => return Err((TakeError::Control(e), result.resumed)),
+        Err(e) => return Err((TakeError::Control(e), result.paused)),
     };
     job.meta.memory_bytes = bytes;
     job.meta.created_at_ms = crate::agent::supervisor::unix_ms();
     let (store, meta) = (job.store, job.meta);
     let sealed = tokio::task::spawn_blocking(move || store.seal(&taken, meta)).await;
     match sealed {
-        Ok(Ok(sealed)) => Ok((sealed, result.resumed)),
-        Ok(Err(e)) => Err((TakeError::Store(e), result.resumed)),
-        Err(e) => Err((TakeError::Task(e), result.resumed)),
+        Ok(Ok(sealed)) => Ok((sealed, result.paused)),
+        Ok(Err(e)) => Err((TakeError::Store(e), result.paused)),
+        Err(e) => Err((TakeError::Task(e), result.paused)),
     }
 }
 

@@ -59,7 +59,7 @@ async fn pause_snapshot_resume_go_in_order_on_one_connection() {
     let seen = fake_vmm(&socket, honest);
     let taken = take(&socket, "/snapshot", LONG).await;
     assert_eq!(taken.snapshot.unwrap(), 8192);
-    taken.resumed.unwrap();
+    taken.paused.resumed.unwrap();
     assert_eq!(
         requests(&seen),
         [
@@ -84,7 +84,7 @@ async fn a_refused_snapshot_still_resumes_the_vm() {
         matches!(&err, ControlError::Refused { action: "snapshot", error } if error == "disk full: no space"),
         "{err:?}"
     );
-    taken.resumed.unwrap();
+    taken.paused.resumed.unwrap();
     let actions: Vec<String> = requests(&seen).into_iter().map(|r| r.1).collect();
     assert_eq!(actions.last().unwrap(), r#"{"action":"resume"}"#);
 }
@@ -105,7 +105,7 @@ async fn a_refused_pause_leaves_the_running_vm_alone() {
             ..
         })
     ));
-    taken.resumed.unwrap();
+    taken.paused.resumed.unwrap();
     assert_eq!(requests(&seen).len(), 1, "nothing after the refused pause");
 }
 
@@ -120,7 +120,7 @@ async fn after_a_timeout_or_a_bad_reply_the_vm_is_resumed_on_a_new_connection() 
         taken.snapshot,
         Err(ControlError::Timeout("snapshot", _))
     ));
-    taken.resumed.unwrap();
+    taken.paused.resumed.unwrap();
     assert_eq!(
         requests(&seen).last().unwrap(),
         &(2, r#"{"action":"resume"}"#.to_owned())
@@ -157,7 +157,7 @@ async fn after_a_timeout_or_a_bad_reply_the_vm_is_resumed_on_a_new_connection() 
             ),
         };
         assert!(expected, "{name}: {err:?}");
-        taken.resumed.unwrap();
+        taken.paused.resumed.unwrap();
         assert_eq!(requests(&seen).last().unwrap().0, 2, "{name}");
     }
 }
