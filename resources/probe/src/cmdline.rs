@@ -19,7 +19,7 @@ use crate::serve::ServeOptions;
 use crate::virtio::blk::BlkOptions;
 use crate::virtio::net::NetOptions;
 use crate::virtio::vsock::VsockOptions;
-use crate::virtio::{Hostile, MAX_DEVICES, parse_device};
+use crate::virtio::{Hostile, MAX_DEVICES, parse_device, parse_device_irq};
 
 /// How the probe ends after its report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,8 @@ pub struct Options {
     pub net: NetOptions,
     /// Base addresses of the announced virtio-mmio windows, in order.
     pub virtio: [u64; MAX_DEVICES],
+    /// Their interrupt lines (IOAPIC pins), 0 where the word named none.
+    pub virtio_irqs: [u32; MAX_DEVICES],
     /// How many of `virtio` are set.
     pub virtio_count: usize,
     /// What to do with block devices.
@@ -101,6 +103,7 @@ impl Default for Options {
             rng_hostile: Hostile::No,
             net: NetOptions::default(),
             virtio: [0; MAX_DEVICES],
+            virtio_irqs: [0; MAX_DEVICES],
             virtio_count: 0,
             blk: BlkOptions::default(),
             vsock: VsockOptions::default(),
@@ -169,6 +172,7 @@ fn add_device(opts: &mut Options, value: &[u8]) {
     if let (Some(base), Some(slot)) = (parse_device(value), opts.virtio.get_mut(opts.virtio_count))
     {
         *slot = base;
+        opts.virtio_irqs[opts.virtio_count] = parse_device_irq(value).unwrap_or(0);
         opts.virtio_count += 1;
     }
 }
@@ -298,6 +302,7 @@ mod tests {
         );
         assert_eq!(o.virtio_count, 2);
         assert_eq!(&o.virtio[..2], &[0xc000_1000, 0xc000_2000]);
+        assert_eq!(&o.virtio_irqs[..2], &[5, 6], "their interrupt lines");
         assert_eq!((o.rng, o.rng_hostile), (4096, Hostile::No));
         assert_eq!(parse(b"probe.rng.hostile=loop").rng_hostile, Hostile::Loop);
         assert_eq!(
@@ -310,6 +315,7 @@ mod tests {
         let many = b"virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 \
             virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000 virtio_mmio.device=4K@0x1000";
         assert_eq!(parse(many).virtio_count, MAX_DEVICES);
+        assert_eq!(parse(many).virtio_irqs, [0; MAX_DEVICES], "no line named");
     }
 
     #[test]

@@ -33,10 +33,15 @@ pub fn run(con: &mut Com1, opts: &Options) {
     let mut server = Server::new(want.port, want.health);
     server.id = want.instance_id;
     let limit = want.exit_after.unwrap_or(u32::MAX);
-    let found = opts.virtio[..opts.virtio_count]
-        .iter()
-        .filter_map(|&base| Device::probe(MmioRegs(base)).ok())
-        .find(|d| d.id == vsock::DEVICE_VSOCK)
+    let found = (opts.virtio[..opts.virtio_count].iter())
+        .zip(opts.virtio_irqs)
+        .filter_map(|(&base, irq)| Some((Device::probe(MmioRegs(base)).ok()?, irq)))
+        .find(|(d, _)| d.id == vsock::DEVICE_VSOCK)
+        .map(|(dev, irq)| {
+            // Packets then wake the loop at once instead of at the next tick.
+            ticker.wake_on(irq);
+            dev
+        })
         .ok_or("no-vsock-device");
     let (mut rx, mut tx) = (Virtq::default(), Virtq::default());
     let mut link = match &found {

@@ -4,9 +4,10 @@
 //! [`Ticker::wait`] halts (`sti; hlt; cli`) until then. Interrupts are enabled only inside
 //! that halt, so the handler never runs in the middle of other code.
 //!
-//! Nothing else can interrupt: LINT0 (the PIC, wired as ExtINT by herd-vmm) is masked here
-//! and the IOAPIC's pins stay masked as reset left them, so virtio interrupts are not
-//! delivered and the loop polls the rings at each tick instead.
+//! Nothing else interrupts unless asked: LINT0 (the PIC, wired as ExtINT by herd-vmm) is
+//! masked here and the IOAPIC's pins stay masked as reset left them, except a device line
+//! [`Ticker::wake_on`] unmasks: its interrupts (to an IDT entry that only sends EOI) end the
+//! halt at once, so the loop answers a request without waiting for the next tick.
 //!
 //! The handler also counts the ticks it takes ([`Ticker::count`]) in a static in guest RAM:
 //! a snapshot carries the count, so a restored probe keeps counting from where it was (the
@@ -32,6 +33,16 @@ const DIVIDE_BY_16: u32 = 0b0011;
 const TIMER_HZ: u64 = 1_000_000_000 / 16;
 
 const TIMER_VECTOR: u8 = 0x20;
+/// Where a device line unmasked by [`Ticker::wake_on`] is delivered.
+const DEVICE_VECTOR: u8 = 0x21;
+/// KVM's in-kernel IOAPIC (identity-mapped): an index register and a data window.
+const IOAPIC: u64 = 0xfec0_0000;
+const IOAPIC_INDEX: u64 = 0x00;
+const IOAPIC_DATA: u64 = 0x10;
+/// Redirection entry of pin N: registers `0x10 + 2N` (low half) and `0x11 + 2N` (high).
+const IOAPIC_REDIRECTION: u32 = 0x10;
+/// IOAPIC pins KVM emulates.
+const IOAPIC_PINS: u32 = 24;
 const SPURIOUS_VECTOR: u8 = 0x2f;
 /// IDT entries: up to the highest vector we use.
 const VECTORS: usize = SPURIOUS_VECTOR as usize + 1;
@@ -56,6 +67,13 @@ probe_timer_interrupt:
     mov dword ptr [rax], 0
     pop rax
     iretq
+    .global probe_device_interrupt
+probe_device_interrupt:
+    push rax
+    mov eax, {eoi}
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
     .global probe_spurious_interrupt
 probe_spurious_interrupt:
     iretq
@@ -66,6 +84,7 @@ probe_spurious_interrupt:
 
 unsafe extern "C" {
     fn probe_timer_interrupt();
+    fn probe_device_interrupt();
     fn probe_spurious_interrupt();
 }
 
@@ -83,6 +102,15 @@ fn lapic_write(reg: u64, value: u32) {
     // SAFETY: the LAPIC page is identity-mapped MMIO that holds no Rust object; the aligned
     // 32-bit write goes to KVM's in-kernel LAPIC.
     unsafe { core::ptr::write_volatile((LAPIC + reg) as *mut u32, value) };
+}
+
+fn ioapic_write(index: u32, value: u32) {
+    // SAFETY: the IOAPIC page is identity-mapped MMIO that holds no Rust object; an aligned
+    // 32-bit write of the index register goes to KVM's in-kernel IOAPIC. Only this loop's
+    // thread programs it, with interrupts off, so index and data stay paired.
+    unsafe { core::ptr::write_volatile((IOAPIC + IOAPIC_INDEX) as *mut u32, index) };
+    // SAFETY: as above, the data window of the register just selected.
+    unsafe { core::ptr::write_volatile((IOAPIC + IOAPIC_DATA) as *mut u32, value) };
 }
 
 /// An interrupt gate to `handler` in code segment `cs`.
@@ -114,6 +142,7 @@ impl Ticker {
                 TIMER_VECTOR,
                 probe_timer_interrupt as unsafe extern "C" fn(),
             ),
+            (DEVICE_VECTOR, probe_device_interrupt),
             (SPURIOUS_VECTOR, probe_spurious_interrupt),
         ] {
             let at = 2 * usize::from(vector);
@@ -146,6 +175,18 @@ impl Ticker {
     /// busy for more than a period) are taken as one when it next waits.
     pub fn count(&self) -> u64 {
         TICKS.load(Ordering::Relaxed)
+    }
+
+    /// Lets IOAPIC pin `gsi` (a virtio device's line) end [`Ticker::wait`]: edge-triggered
+    /// (KVM's irqfd pulses the line), active high, fixed delivery to the boot CPU (APIC id 0).
+    /// Pins KVM does not have are ignored.
+    pub fn wake_on(&self, gsi: u32) {
+        if gsi >= IOAPIC_PINS {
+            return;
+        }
+        let entry = IOAPIC_REDIRECTION + 2 * gsi;
+        ioapic_write(entry + 1, 0);
+        ioapic_write(entry, u32::from(DEVICE_VECTOR));
     }
 
     /// Halts until the next interrupt (at the latest the next tick).

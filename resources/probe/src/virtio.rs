@@ -67,6 +67,18 @@ pub fn parse_device(value: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// The interrupt line of a `virtio_mmio.device=` value (`4K@0x..:N`), if it names one.
+pub fn parse_device_irq(value: &[u8]) -> Option<u32> {
+    let colon = value.iter().rposition(|&b| b == b':')?;
+    let digits = &value[colon + 1..];
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u32, |n, &c| Some(n * 10 + (c as char).to_digit(10)?))
+}
+
 /// A device after probing: its window and type.
 #[derive(Debug)]
 pub struct Device<R> {
