@@ -177,7 +177,10 @@ impl Controller {
             return Err(ControlError::WrongState(self.state, "snapshot"));
         }
         let snapshot = self.collect()?;
-        Ok(snapshot::write(dir, &snapshot, &self.parts.vm.memory)?)
+        // Asked at each snapshot: with swap switched on since, untouched pages are unknown.
+        let untouched_is_zero = crate::sys::memory::host_has_no_swap();
+        let mem = &self.parts.vm.memory;
+        Ok(snapshot::write(dir, &snapshot, mem, untouched_is_zero)?)
     }
 
     /// Reads the whole VM's state (vCPUs paused).

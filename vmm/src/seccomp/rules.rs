@@ -214,6 +214,9 @@ fn snapshots(rules: &mut Rules) -> Result<(), BackendError> {
             libc::SYS_statx,
             libc::SYS_lstat,
             libc::SYS_getdents64,
+            // Whether the host has swap (untouched guest pages are zero without it).
+            libc::SYS_sysinfo,
+            libc::SYS_mincore,
         ],
     );
     Ok(())

@@ -58,7 +58,12 @@ pub enum SnapshotError {
 
 /// Writes `snapshot` and the memory of its (paused) VM into the new directory `dir`;
 /// returns the memory bytes written. On failure nothing is left at `dir`.
-pub fn write(dir: &Path, snapshot: &Snapshot, mem: &GuestMemoryMmap) -> Result<u64, SnapshotError> {
+pub fn write(
+    dir: &Path,
+    snapshot: &Snapshot,
+    mem: &GuestMemoryMmap,
+    untouched_is_zero: bool,
+) -> Result<u64, SnapshotError> {
     if dir.symlink_metadata().is_ok() {
         return Err(SnapshotError::Exists(dir.to_owned()));
     }
@@ -66,7 +71,7 @@ pub fn write(dir: &Path, snapshot: &Snapshot, mem: &GuestMemoryMmap) -> Result<u
     // A partial directory is only ever left by a herd-vmm that died writing it.
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir(&partial).map_err(|e| SnapshotError::Create(partial.clone(), e))?;
-    let result = write_files(&partial, snapshot, mem).and_then(|bytes| {
+    let result = write_files(&partial, snapshot, mem, untouched_is_zero).and_then(|bytes| {
         fs::rename(&partial, dir).map_err(|e| SnapshotError::Create(dir.to_owned(), e))?;
         sync_parent(dir);
         Ok(bytes)
@@ -96,6 +101,7 @@ fn write_files(
     dir: &Path,
     snapshot: &Snapshot,
     mem: &GuestMemoryMmap,
+    untouched_is_zero: bool,
 ) -> Result<u64, SnapshotError> {
     let body = serde_json::to_vec(snapshot).map_err(SnapshotError::Encode)?;
     let state_path = dir.join(STATE_FILE);
@@ -106,8 +112,8 @@ fn write_files(
     state.sync_all().map_err(write_err)?;
     let mem_path = dir.join(MEMORY_FILE);
     let mem_file = create(&mem_path)?;
-    let bytes =
-        memory::save(mem, &mem_file).map_err(|e| SnapshotError::Memory(mem_path.clone(), e))?;
+    let bytes = memory::save(mem, &mem_file, untouched_is_zero)
+        .map_err(|e| SnapshotError::Memory(mem_path.clone(), e))?;
     mem_file
         .sync_all()
         .map_err(|e| SnapshotError::Write(mem_path.clone(), e))?;
@@ -267,18 +273,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("snap");
         let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
-        write(&dir, &sample(), &mem).unwrap();
+        write(&dir, &sample(), &mem, false).unwrap();
         let back = read_state(&dir).unwrap();
         assert_eq!(back.machine, sample().machine);
         assert_eq!(fs::metadata(dir.join(MEMORY_FILE)).unwrap().len(), 1 << 20);
         assert!(!partial_name(&dir).exists());
         assert!(matches!(
-            write(&dir, &sample(), &mem),
+            write(&dir, &sample(), &mem, false),
             Err(SnapshotError::Exists(_))
         ));
         let missing_parent = tmp.path().join("no/such/snap");
         assert!(matches!(
-            write(&missing_parent, &sample(), &mem),
+            write(&missing_parent, &sample(), &mem, false),
             Err(SnapshotError::Create(..))
         ));
         assert!(!tmp.path().join("no").exists());

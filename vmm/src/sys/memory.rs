@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 
 use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
 
@@ -91,7 +92,49 @@ pub fn map_file_over(
     if mapped == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
+    crate::bus::lock(&FILE_BACKED).push((addr as usize, len));
     Ok(())
+}
+
+/// Host ranges of guest RAM that [`map_file_over`] backed with a file: there a page the guest
+/// never touched holds the file's bytes, not zeroes. One VM per process, so one list.
+static FILE_BACKED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Whether any of `[addr, addr + len)` is backed by a file (see [`map_file_over`]).
+pub fn overlaps_file_backed(addr: *const u8, len: usize) -> bool {
+    let (start, end) = (addr as usize, addr as usize + len);
+    crate::bus::lock(&FILE_BACKED)
+        .iter()
+        .any(|&(s, l)| s < end && start < s + l)
+}
+
+/// Fills `out` with one byte per page of `[addr, addr + len)`, bit 0 set when the page is
+/// resident (mapped in this process or in the page cache).
+///
+/// `addr` must be the page-aligned start of a live mapping of at least `len` bytes and `out`
+/// at least `len / 4096` (rounded up) bytes long.
+pub fn resident_pages(addr: *const u8, len: usize, out: &mut [u8]) -> io::Result<()> {
+    if out.len() < len.div_ceil(PAGE) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: mincore reads only the page tables of the range and writes one byte per page
+    // into `out`, which was just checked to be long enough; the caller guarantees the range
+    // is a live page-aligned mapping.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the host has no swap space, so a page of anonymous memory that is not resident
+/// was never touched (and reads as zero).
+pub fn host_has_no_swap() -> bool {
+    // SAFETY: an all-zero sysinfo is a valid value of this plain C struct.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes only into `info`, a valid, writable struct.
+    let rc = unsafe { libc::sysinfo(&mut info) };
+    rc == 0 && info.totalswap == 0
 }
 
 /// Peak resident set size of this process, in KiB.
