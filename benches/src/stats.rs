@@ -37,6 +37,11 @@ pub fn summarize(xs: &[f64]) -> Option<Summary> {
     })
 }
 
+/// Summarises `f` of each of `items`, which must not be empty.
+pub fn summarize_by<T>(items: &[T], f: impl Fn(&T) -> f64) -> Summary {
+    summarize(&items.iter().map(f).collect::<Vec<_>>()).expect("at least one sample")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

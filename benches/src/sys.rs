@@ -46,3 +46,10 @@ pub fn kill9(pid: i32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The binary `name` next to the running benchmark (cargo builds them into one directory).
+pub fn sibling(name: &str) -> io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or(io::ErrorKind::NotFound)?;
+    Ok(dir.join(name))
+}

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use herd_benches::stats::{Summary, summarize};
+use herd_benches::stats::{Summary, summarize_by};
 use herd_benches::svg::{Series, strip_chart};
 use herd_benches::sys::monotonic_ns;
 use serde::Serialize;
@@ -146,9 +146,7 @@ struct ImageSummary {
 }
 
 fn summarize_runs(image: &'static str, runs: &[Run]) -> ImageSummary {
-    let pick = |f: fn(&Run) -> f64| {
-        summarize(&runs.iter().map(f).collect::<Vec<_>>()).expect("at least one run")
-    };
+    let pick = |f: fn(&Run) -> f64| summarize_by(runs, f);
     ImageSummary {
         bench: "boot-summary",
         image,
@@ -191,17 +189,11 @@ fn print_human(s: &ImageSummary) {
     }
 }
 
-fn default_vmm() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("benchmark binary has no directory")?;
-    Ok(dir.join("herd-vmm"))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let vmm = match args.vmm {
         Some(p) => p,
-        None => default_vmm()?,
+        None => herd_benches::sys::sibling("herd-vmm")?,
     };
     if !vmm.exists() {
         bail!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use herd_benches::stats::{Summary, summarize};
+use herd_benches::stats::{Summary, summarize_by};
 use herd_benches::svg::{Series, strip_chart};
 use herd_benches::sys::monotonic_ns;
 use serde::Serialize;
@@ -195,15 +195,12 @@ struct KindSummary {
 }
 
 fn summarize_kind(kind: &'static str, runs: &[Run]) -> KindSummary {
-    let pick = |f: fn(&Run) -> f64| {
-        summarize(&runs.iter().map(f).collect::<Vec<_>>()).expect("at least one run")
-    };
     KindSummary {
         bench: "restore-summary",
         kind,
         runs: runs.len(),
-        to_running_ms: pick(|r| r.to_running_ms),
-        to_first_health_ms: pick(|r| r.to_first_health_ms),
+        to_running_ms: summarize_by(runs, |r| r.to_running_ms),
+        to_first_health_ms: summarize_by(runs, |r| r.to_first_health_ms),
     }
 }
 
@@ -223,16 +220,11 @@ fn print_human(s: &KindSummary) {
     }
 }
 
-fn default_vmm() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.parent().context("no directory")?.join("herd-vmm"))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let vmm = match args.vmm {
         Some(p) => p,
-        None => default_vmm()?,
+        None => herd_benches::sys::sibling("herd-vmm")?,
     };
     if !vmm.exists() {
         bail!(
