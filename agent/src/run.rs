@@ -20,7 +20,7 @@ use herd_proto::{INSTANCE_CONFIG_PATH, InstanceConfig, valid_env_name};
 
 pub mod devices;
 
-pub use devices::{DeviceError, Disk, Net};
+pub use devices::{DeviceError, Disk, Net, Nic};
 
 use crate::cpio::{Archive, CpioError};
 use crate::image::exit;
@@ -202,8 +202,8 @@ pub struct BootPlan {
     pub stop_grace_ms: u64,
     /// Disks in guest order (`/dev/vda` first).
     pub disks: Vec<Disk>,
-    /// TAP interface names, one virtio-net device each.
-    pub taps: Vec<String>,
+    /// Network interfaces, one virtio-net device each.
+    pub nics: Vec<Nic>,
     /// herd-vmm's `--vsock` value, if any.
     pub vsock: Option<std::ffi::OsString>,
 }
@@ -230,8 +230,8 @@ impl BootPlan {
         for disk in &self.disks {
             a.extend(["--disk".into(), disk.vmm_flag()]);
         }
-        for tap in &self.taps {
-            a.extend(["--net".into(), tap.into()]);
+        for nic in &self.nics {
+            a.extend(["--net".into(), nic.vmm_flag()]);
         }
         if let Some(vsock) = &self.vsock {
             a.extend(["--vsock".into(), vsock.clone()]);
@@ -369,7 +369,7 @@ pub fn execute(args: RunArgs, home: &Path) -> Result<i32, RunError> {
             image.rootfs.as_ref().map(|(_, p)| p.as_path()),
             devices.disks,
         ),
-        taps,
+        nics: taps.into_iter().map(|tap| Nic { tap, mac: None }).collect(),
         vsock: devices.vsock,
     };
     let status = boot(&vmm, &plan)?;
@@ -498,7 +498,16 @@ mod tests {
                 Disk::parse("root.ext4,ro").unwrap(),
                 Disk::parse("data").unwrap(),
             ],
-            taps: vec!["tap0".into()],
+            nics: vec![
+                Nic {
+                    tap: "tap0".into(),
+                    mac: None,
+                },
+                Nic {
+                    tap: "tap1".into(),
+                    mac: Some("02:00:00:00:00:01".parse().unwrap()),
+                },
+            ],
             vsock: Some("3,/v.sock".into()),
         };
         let args: Vec<String> = plan
@@ -531,6 +540,8 @@ mod tests {
                 "data",
                 "--net",
                 "tap0",
+                "--net",
+                "tap1,mac=02:00:00:00:00:01",
                 "--vsock",
                 "3,/v.sock"
             ]

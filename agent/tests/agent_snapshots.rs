@@ -161,6 +161,23 @@ fn print_start_to_healthy(agent: &Agent) {
     }
 }
 
+/// The identity file a restored instance was started with.
+fn identity_file(agent: &Agent, id: &str) -> Value {
+    let path = agent.instance_dirs().join(id).join("identity.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// The MAC address the herd-vmm with process id `pid` offers its guest (its `--net` value's
+/// `mac=`).
+fn booted_mac(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args.iter().position(|a| *a == b"--net").expect("a --net");
+    let net = String::from_utf8_lossy(args[at + 1]).into_owned();
+    let (_, mac) = net.split_once(",mac=").expect("a mac= in --net");
+    mac.to_owned()
+}
+
 /// Waits for the service to have `n` healthy instances, and returns those that were not
 /// in `before`.
 fn new_healthy(agent: &Agent, name: &str, n: usize, before: &[String]) -> Vec<Value> {
@@ -267,6 +284,20 @@ fn instances_start_from_a_snapshot_of_the_first_healthy_one_which_goes_with_its_
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{addresses:?}");
+    // Each its own MAC address too: the booted one's device offers it, the clones (whose
+    // devices keep the snapshot's) are told theirs in the identity file for herd-init.
+    let mut macs: Vec<String> = (added.iter())
+        .map(|i| {
+            identity_file(&agent, &id_of(i))["mac"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .chain([booted_mac(pid_of(&source))])
+        .collect();
+    macs.sort();
+    macs.dedup();
+    assert_eq!(macs.len(), 3, "{macs:?}");
 
     // Replacements of a restored instance and of the booted one: restored too.
     let before: Vec<String> = healthy(&agent, "web").iter().map(id_of).collect();

@@ -1,16 +1,21 @@
 //! Wire types shared by the host (`herd build`, `herd run`, later the agent) and the guest's
 //! `herd-init`: what an image runs by default (`/herd/image.json`) and what one instance adds
-//! (`/herd/instance.json`, in the archive appended at boot). See `docs/image-format.md`.
+//! (`/herd/instance.json`, in the archive appended at boot), and the MAC address a restored
+//! clone's interface takes ([`MacAddr`], `docs/snapshots.md`). See `docs/image-format.md`.
 //!
 //! Both are parsed with unknown fields rejected: a guest must never run with half of the
 //! configuration it was given.
 
 #![forbid(unsafe_code)]
 
+mod mac;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+
+pub use mac::{MacAddr, MacAddrError};
 
 /// Path of the image's default run settings inside its initramfs.
 pub const IMAGE_RUNTIME_PATH: &str = "/herd/image.json";

@@ -1,11 +1,14 @@
 //! The host side of instance networking: one Linux bridge the agent owns, with the first
 //! address of the configured subnet (the instances' gateway), a TAP per instance attached to
-//! it, and addresses handed out from the subnet. Changes go through `ip` (iproute2), like
+//! it, addresses handed out from the subnet, and each instance's own MAC address. Changes go through `ip` (iproute2), like
 //! `herd run --net auto`; the address pool itself is pure and tested here.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
+
+use herd_proto::MacAddr;
+use sha2::Digest as _;
 
 /// Errors of host network setup.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,19 @@ pub fn tap_name(instance_id: &str) -> String {
     format!("{TAP_PREFIX}{}", &random[..random.len().min(13)])
 }
 
+/// The MAC address of an instance's interface: `02:` (locally administered, unicast) and 40
+/// bits of the SHA-256 of its id. Derived rather than stored, so it is the same however often
+/// the agent asks (a restart adopting the instance included), and distinct per instance: two
+/// of a host's instances share one with odds of about n²/2⁴¹ (under one in a million for a
+/// thousand). A booted VM's device offers it; a clone restored from a snapshot (whose device
+/// keeps the snapshotted VM's) is told it in its identity and herd-init takes it.
+pub fn instance_mac(instance_id: &str) -> MacAddr {
+    let hash = sha2::Sha256::digest(instance_id.as_bytes());
+    let mut octets = [0x02, 0, 0, 0, 0, 0];
+    octets[1..].copy_from_slice(&hash[..5]);
+    MacAddr::new(octets).expect("02:... is unicast and not zero")
+}
+
 /// Runs `ip ARGS`; a failure carries iproute2's own message.
 pub fn ip(args: &[&str]) -> Result<(), NetworkError> {
     let err = |why: String, source| NetworkError::Ip {
@@ -190,6 +206,22 @@ mod tests {
         assert_eq!(got, [2, 3, 4, 5, 6]);
         used.remove(&Ipv4Addr::new(10, 1, 0, 4));
         assert_eq!(s.allocate(&used), Some(Ipv4Addr::new(10, 1, 0, 4)));
+    }
+
+    #[test]
+    fn instance_macs_are_stable_local_unicast_and_differ_between_instances() {
+        let mac = instance_mac("web-1a2b3c4d");
+        assert_eq!(mac, instance_mac("web-1a2b3c4d"), "the same every time");
+        assert_eq!(mac.octets()[0], 0x02, "locally administered, unicast");
+        assert!(mac.is_local());
+        // The hash's first bytes, so a change of derivation shows here.
+        let hash = sha2::Sha256::digest(b"web-1a2b3c4d");
+        assert_eq!(mac.octets()[1..], hash[..5]);
+        let macs: BTreeSet<MacAddr> = (0..1000)
+            .map(|i| instance_mac(&format!("web-{i:08x}")))
+            .collect();
+        assert_eq!(macs.len(), 1000, "no two of a thousand ids share one");
+        assert_ne!(instance_mac("web-1"), instance_mac("api-1"));
     }
 
     #[test]

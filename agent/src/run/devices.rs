@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use herd_proto::NetworkConfig;
+use herd_proto::{MacAddr, NetworkConfig};
 
 /// The guest's vsock context id (0 to 2 are reserved: hypervisor, local, host).
 pub const GUEST_CID: u32 = 3;
@@ -71,6 +71,24 @@ impl Disk {
             flag.push(",ro");
         }
         flag
+    }
+}
+
+/// A network interface of the VM: the host TAP it attaches to and, if given, the MAC address
+/// the device offers the guest (without one, the guest's kernel picks a random one at boot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    pub tap: String,
+    pub mac: Option<MacAddr>,
+}
+
+impl Nic {
+    /// herd-vmm's `--net` value, `TAP[,mac=MAC]`.
+    pub fn vmm_flag(&self) -> OsString {
+        match self.mac {
+            Some(mac) => format!("{},mac={mac}", self.tap).into(),
+            None => self.tap.clone().into(),
+        }
     }
 }
 

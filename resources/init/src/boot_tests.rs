@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::host::{Event, Mount};
-use herd_proto::Rootfs;
+use herd_proto::{MacAddr, Rootfs};
 
 type Log = Rc<RefCell<Vec<String>>>;
 
@@ -21,6 +21,7 @@ struct FakeHost {
     fail_network: bool,
     fail_switch_root: bool,
     fail_reseed: bool,
+    fail_mac: bool,
 }
 
 fn io_err(errno: i32) -> io::Error {
@@ -68,6 +69,17 @@ impl Host for FakeHost {
         let gw = net.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         let line = format!("replace net {}/{}{gw}", net.address, net.prefix);
         self.log.borrow_mut().push(line);
+        Ok("eth0".into())
+    }
+    fn set_mac(&mut self, mac: MacAddr) -> Result<String, HostError> {
+        self.log.borrow_mut().push(format!("mac {mac}"));
+        if self.fail_mac {
+            return Err(HostError::Network {
+                iface: "eth0".into(),
+                step: "set its MAC address",
+                source: io_err(libc::EADDRNOTAVAIL),
+            });
+        }
         Ok("eth0".into())
     }
     fn reseed_rng(&mut self, entropy: &[u8; 32]) -> Result<(), HostError> {
@@ -477,26 +489,76 @@ fn log_from(log: &Log, from: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_restore_reseeds_then_renames_moves_the_network_and_rewrites_the_identity_file() {
+fn a_restore_reseeds_renames_changes_the_mac_moves_the_network_and_rewrites_the_identity_file() {
     let (log, mut host, mut os) = fakes();
     os.files.insert(INSTANCE_CONFIG_PATH, NET_INSTANCE);
     let line = format!(
-        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","instance_id":"web-2","hostname":"clone-2","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}}}}"#
+        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","instance_id":"web-2","hostname":"clone-2","mac":"02:AA:00:00:00:02","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}}}}"#
     );
     deliver(&mut os, &format!("{line}\n"));
     assert_eq!(run(&mut host, &mut os), 0);
     let record = format!(
-        r#"{{"instance_id":"web-2","hostname":"clone-2","generation_id":"{GEN}","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}}}}"#
+        r#"{{"instance_id":"web-2","hostname":"clone-2","generation_id":"{GEN}","network":{{"address":"10.0.1.7/24","gateway":"10.0.1.1","dns":["10.0.1.1"]}},"mac":"02:aa:00:00:00:02"}}"#
     );
     let want = [
         "reseed a0..b1".to_string(),
         "hostname clone-2".into(),
+        "mac 02:aa:00:00:00:02".into(),
         "replace net 10.0.1.7/24 via 10.0.1.1".into(),
         "resolv nameserver 10.0.1.1".into(),
         format!("replace /run/herd/identity.json {record}\n"),
         "reaped 42".into(),
     ];
     assert_eq!(log_from(&log, "reseed"), want, "and no SIGTERM: not a stop");
+}
+
+#[test]
+fn a_mac_that_cannot_be_set_is_a_warning_and_the_network_still_moves() {
+    let (log, mut host, mut os) = fakes();
+    host.fail_mac = true;
+    let line = format!(
+        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","mac":"02:00:00:00:00:07","network":{{"address":"10.0.1.7/24"}}}}"#
+    );
+    deliver(&mut os, &format!("{line}\n"));
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = log_from(&log, "mac");
+    assert_eq!(
+        log[..2],
+        ["mac 02:00:00:00:00:07", "replace net 10.0.1.7/24"]
+    );
+    assert!(
+        log[2].ends_with("\"mac\":\"02:00:00:00:00:07\"}\n"),
+        "the record names the mac asked for: {log:?}"
+    );
+    let err = restore::RestoreError::Mac(HostError::Network {
+        iface: "eth0".into(),
+        step: "set its MAC address",
+        source: io_err(libc::EADDRNOTAVAIL),
+    });
+    assert!(
+        one_line(&err).starts_with(
+            "restore: the MAC address was not changed: cannot configure network interface \
+             eth0: cannot set its MAC address: "
+        ),
+        "{}",
+        one_line(&err)
+    );
+}
+
+#[test]
+fn a_restore_with_a_multicast_mac_changes_nothing() {
+    let (log, mut host, mut os) = fakes();
+    let line = format!(
+        r#"restored {{"generation_id":"{GEN}","entropy":"{ENTROPY}","hostname":"clone-2","mac":"03:00:00:00:00:07"}}"#
+    );
+    deliver(&mut os, &format!("{line}\n"));
+    assert_eq!(run(&mut host, &mut os), 0);
+    let log = logged(&log);
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("reseed") || l.starts_with("mac") || l.contains("clone-2")),
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -508,7 +570,7 @@ fn a_restore_naming_nothing_else_keeps_the_booted_identity_in_the_file() {
     );
     assert_eq!(run(&mut host, &mut os), 0);
     let record = format!(
-        r#"{{"instance_id":"i","hostname":"web-1","generation_id":"{GEN}","network":null}}"#
+        r#"{{"instance_id":"i","hostname":"web-1","generation_id":"{GEN}","network":null,"mac":null}}"#
     );
     let want = [
         "reseed a0..b1".to_string(),

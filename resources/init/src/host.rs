@@ -11,7 +11,7 @@
 
 use std::io;
 
-use herd_proto::{Launch, Network, Rootfs};
+use herd_proto::{Launch, MacAddr, Network, Rootfs};
 
 use crate::identity::ENTROPY_BYTES;
 
@@ -213,6 +213,9 @@ pub trait Host {
     /// restore: the old default route goes, the address is replaced (the old one is removed),
     /// and the new default route, if any, is added. Returns the interface's name.
     fn replace_network(&mut self, network: &Network) -> Result<String, HostError>;
+    /// Gives the interface [`Host::configure_network`] configures (`eth0`) the Ethernet
+    /// address `mac`, keeping it up (see `docs/snapshots.md`). Returns the interface's name.
+    fn set_mac(&mut self, mac: MacAddr) -> Result<String, HostError>;
     /// Mixes `entropy` into the kernel's random pool, credits it, and makes the kernel reseed
     /// its generator from the pool at once (so no output after this derives from the state a
     /// snapshot captured).

@@ -3,8 +3,8 @@
 //! restored many times and each clone must stop being the VM it was copied from. This module
 //! owns what that request means, apart from any effect:
 //! - [`Identity::from_json`] parses the JSON at the boundary into a checked [`Identity`]
-//!   (`generation_id`, `entropy`, and the optional `instance_id`, `hostname` and `network` the
-//!   host appends from its identity file); anything else is refused whole.
+//!   (`generation_id`, `entropy`, and the optional `instance_id`, `hostname`, `mac` and
+//!   `network` the host appends from its identity file); anything else is refused whole.
 //! - [`Current`] is the identity init keeps (from `/herd/instance.json`, then each restore);
 //!   [`Current::restore`] decides what a restore changes ([`Restore`]) and renders the new
 //!   [`IDENTITY_PATH`], the file through which the app learns its current identity.
@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use herd_proto::{Network, NetworkConfig};
+use herd_proto::{MacAddr, MacAddrError, Network, NetworkConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HOSTNAME_MAX;
@@ -42,6 +42,8 @@ pub enum IdentityError {
     Hostname(String),
     #[error("network: {0}")]
     Network(String),
+    #[error("mac")]
+    Mac(#[source] MacAddrError),
 }
 
 /// The request's JSON as herd-vmm writes it: its own two members, then the identity file's.
@@ -56,6 +58,9 @@ struct Wire {
     hostname: Option<String>,
     #[serde(default)]
     network: Option<NetworkConfig>,
+    /// Kept as text here so that a bad address is refused naming why, not as bad JSON.
+    #[serde(default)]
+    mac: Option<String>,
 }
 
 /// Fresh random bytes from the host for the kernel's random number generator. Never printed:
@@ -78,6 +83,9 @@ pub struct Identity {
     pub instance_id: Option<String>,
     pub hostname: Option<String>,
     pub network: Option<Network>,
+    /// The clone's own Ethernet address: every clone of a snapshot would otherwise keep the
+    /// snapshotted VM's, and clones on one bridge must not share one.
+    pub mac: Option<MacAddr>,
 }
 
 impl Identity {
@@ -102,12 +110,14 @@ impl Identity {
             return Err(IdentityError::Hostname(name.clone()));
         }
         let network = wire.network.as_ref().map(NetworkConfig::parse).transpose();
+        let mac = wire.mac.as_deref().map(str::parse).transpose();
         Ok(Identity {
             generation_id: wire.generation_id.to_ascii_lowercase(),
             entropy: Entropy(entropy),
             instance_id: wire.instance_id,
             hostname: wire.hostname,
             network: network.map_err(IdentityError::Network)?,
+            mac: mac.map_err(IdentityError::Mac)?,
         })
     }
 }
@@ -133,17 +143,23 @@ pub struct Current {
     pub network: Option<Network>,
     /// `None` until the first restore.
     pub generation_id: Option<String>,
+    /// `None` until a restore names one (the address a booted VM's interface has is the
+    /// device's or the kernel's choice, not part of its configuration).
+    pub mac: Option<MacAddr>,
 }
 
 /// What one restore changes, in the order init carries it out: the random number generator
 /// first (everything after, the app included, then draws from the reseeded pool), then the
-/// machine's name and network, then [`IDENTITY_PATH`], last, so that an app that sees the new
-/// file finds the rest already done.
+/// machine's name, its interface's MAC address (before the new IP address, so that the new
+/// address is never announced from the snapshot's MAC), its network, then [`IDENTITY_PATH`],
+/// last, so that an app that sees the new file finds the rest already done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restore {
     pub entropy: Entropy,
     /// Set when the request names one.
     pub hostname: Option<String>,
+    /// Given to the interface when the request names one.
+    pub mac: Option<MacAddr>,
     /// Moved to when the request has one (the old address and default route go).
     pub network: Option<Network>,
     /// The new content of [`IDENTITY_PATH`].
@@ -160,6 +176,7 @@ struct Record<'a> {
     hostname: Option<&'a str>,
     generation_id: Option<&'a str>,
     network: Option<NetworkConfig>,
+    mac: Option<MacAddr>,
 }
 
 impl Current {
@@ -174,6 +191,7 @@ impl Current {
             hostname,
             network,
             generation_id: None,
+            mac: None,
         }
     }
 
@@ -186,6 +204,7 @@ impl Current {
             instance_id,
             hostname,
             network,
+            mac,
         } = identity;
         self.generation_id = Some(generation_id);
         self.instance_id = instance_id.or(self.instance_id.take());
@@ -195,9 +214,11 @@ impl Current {
         if let Some(net) = &network {
             self.network = Some(net.clone());
         }
+        self.mac = mac.or(self.mac);
         Restore {
             entropy,
             hostname,
+            mac,
             network,
             record: self.record(),
             summary: format!(
@@ -215,6 +236,7 @@ impl Current {
             hostname: self.hostname.as_deref(),
             generation_id: self.generation_id.as_deref(),
             network: self.network.as_ref().map(network_config),
+            mac: self.mac,
         };
         let mut text = serde_json::to_string(&record).expect("plain data serialises");
         text.push('\n');

@@ -36,9 +36,11 @@ fn a_full_request_is_parsed_into_checked_values() {
     let text = request(json!({
         "instance_id": "web-1234abcd",
         "hostname": "web-1234abcd",
+        "mac": "02:5A:00:00:00:01",
         "network": {"address": "10.0.0.7/24", "gateway": "10.0.0.1", "dns": ["9.9.9.9"]},
     }));
     let id = Identity::from_json(&text).unwrap();
+    assert_eq!(id.mac.unwrap().octets(), [2, 0x5a, 0, 0, 0, 1]);
     assert_eq!(id.generation_id, GEN);
     let want: Vec<u8> = (0..32).collect();
     assert_eq!(id.entropy.0.as_slice(), want.as_slice());
@@ -61,14 +63,14 @@ fn only_the_two_host_members_are_required_and_hex_may_be_upper_case() {
     assert_eq!(id.generation_id, GEN, "kept in lower case");
     assert_eq!(id.entropy.0[31], 0x1f);
     assert_eq!(
-        (id.instance_id, id.hostname, id.network),
-        (None, None, None)
+        (id.instance_id, id.hostname, id.network, id.mac),
+        (None, None, None, None)
     );
 }
 
 #[test]
 fn malformed_requests_are_refused_naming_what_is_wrong() {
-    let cases: [(String, &str); 14] = [
+    let cases: [(String, &str); 18] = [
         (request(json!({"mtu": 1500})), "not a JSON object"),
         (r#"{"entropy":"00"}"#.into(), "not a JSON object"),
         ("[]".into(), "not a JSON object"),
@@ -110,9 +112,25 @@ fn malformed_requests_are_refused_naming_what_is_wrong() {
             request(json!({"network": {"address": "10.0.0.7/24", "gateway": "10.0.9.1"}})),
             "network: gateway 10.0.9.1 must be another address inside",
         ),
+        (
+            request(json!({"mac": "01:00:5e:00:00:01"})),
+            "mac: 01:00:5e:00:00:01 is a multicast address",
+        ),
+        (
+            request(json!({"mac": "00:00:00:00:00:00"})),
+            "mac: 00:00:00:00:00:00 is not an interface address",
+        ),
+        (
+            request(json!({"mac": "02:00:00:00:01"})),
+            "mac: \"02:00:00:00:01\" is not six two-digit hex octets",
+        ),
+        (
+            request(json!({"mac": [2, 0, 0, 0, 0, 1]})),
+            "not a JSON object",
+        ),
     ];
     for (text, want) in cases {
-        let err = Identity::from_json(&text).expect_err(&text).to_string();
+        let err = crate::boot::one_line(&Identity::from_json(&text).expect_err(&text));
         assert!(err.starts_with(want), "{text}: {err}");
     }
 }
@@ -141,9 +159,13 @@ fn a_restore_replaces_what_it_names_and_keeps_the_rest() {
     let bare = Identity::from_json(&request(json!({}))).unwrap();
     let restore = current.restore(bare);
     assert_eq!(
-        (restore.hostname, restore.network),
-        (None, None),
+        (restore.hostname, restore.network, restore.mac),
+        (None, None, None),
         "nothing to move"
+    );
+    assert_eq!(
+        current.mac, None,
+        "no address known before a restore names one"
     );
     assert_eq!(
         restore.summary,
@@ -155,10 +177,13 @@ fn a_restore_replaces_what_it_names_and_keeps_the_rest() {
     let text = request(json!({
         "instance_id": "web-1234abcd",
         "hostname": "clone",
+        "mac": "02:00:00:00:00:07",
         "network": {"address": "10.0.0.7/24", "gateway": "10.0.0.1"},
     }));
     let restore = current.restore(Identity::from_json(&text).unwrap());
     assert_eq!(restore.hostname.as_deref(), Some("clone"));
+    let mac: MacAddr = "02:00:00:00:00:07".parse().unwrap();
+    assert_eq!((restore.mac, current.mac), (Some(mac), Some(mac)));
     let net = restore.network.unwrap();
     assert_eq!(net.address, Ipv4Addr::new(10, 0, 0, 7));
     assert_eq!(current.network, Some(net), "the new network, dns and all");
@@ -169,6 +194,11 @@ fn a_restore_replaces_what_it_names_and_keeps_the_rest() {
             .starts_with("restored as web-1234abcd (generation ")
     );
 
+    // A later restore naming no mac changes none and keeps the last one in the record.
+    let restore = current.restore(Identity::from_json(&request(json!({}))).unwrap());
+    assert_eq!((restore.mac, current.mac), (None, Some(mac)));
+    assert!(restore.record.contains(r#""mac":"02:00:00:00:00:07""#));
+
     let mut nameless = Current::default();
     let restore = nameless.restore(Identity::from_json(&request(json!({}))).unwrap());
     assert!(restore.summary.starts_with("restored as none (generation "));
@@ -177,7 +207,8 @@ fn a_restore_replaces_what_it_names_and_keeps_the_rest() {
 #[test]
 fn the_record_is_one_line_of_json_with_every_member() {
     let mut current = booted();
-    let text = request(json!({"instance_id": "web-1234abcd", "hostname": "clone"}));
+    let text = request(json!({"instance_id": "web-1234abcd", "hostname": "clone",
+        "mac": "02:00:00:00:00:0B"}));
     let restore = current.restore(Identity::from_json(&text).unwrap());
     assert!(restore.record.ends_with('\n') && restore.record.lines().count() == 1);
     let record: Value = serde_json::from_str(&restore.record).unwrap();
@@ -186,10 +217,11 @@ fn the_record_is_one_line_of_json_with_every_member() {
         "hostname": "clone",
         "generation_id": GEN,
         "network": {"address": "10.0.0.2/24", "gateway": "10.0.0.1", "dns": ["10.0.0.1"]},
+        "mac": "02:00:00:00:00:0b",
     });
     assert_eq!(record, want);
     let empty: Value = serde_json::from_str(&Current::default().record()).unwrap();
-    let nulls =
-        json!({"instance_id": null, "hostname": null, "generation_id": null, "network": null});
+    let nulls = json!({"instance_id": null, "hostname": null, "generation_id": null,
+        "network": null, "mac": null});
     assert_eq!(empty, nulls);
 }

@@ -1,6 +1,7 @@
 //! Carries out a `restored` request ([`crate::identity`] decides what it changes) against
-//! [`Host`] and [`Os`]: reseed the random number generator, set the hostname, move the
-//! network interface (and rewrite `/etc/resolv.conf` when the new network names servers),
+//! [`Host`] and [`Os`]: reseed the random number generator, set the hostname, give the
+//! network interface its new MAC address, move it to the new network (and rewrite
+//! `/etc/resolv.conf` when the new network names servers),
 //! rewrite [`IDENTITY_PATH`], then log `herd-init: restored as <instance_id> (generation
 //! <generation_id>)`.
 //!
@@ -8,7 +9,7 @@
 //! one warning on the console and the next step still runs (an app with a stale hostname is
 //! better than no app; a clone that could not reseed says so loudly).
 
-use herd_proto::Network;
+use herd_proto::{MacAddr, Network};
 
 use crate::boot::{say, warn};
 use crate::host::{Host, HostError, Os};
@@ -21,6 +22,8 @@ pub enum RestoreError {
     Rng(#[source] HostError),
     #[error("restore: the hostname was not changed")]
     Hostname(#[source] HostError),
+    #[error("restore: the MAC address was not changed")]
+    Mac(#[source] HostError),
     #[error("restore: the network was not moved")]
     Network(#[source] HostError),
     #[error("restore: the name servers were not changed")]
@@ -37,6 +40,7 @@ pub fn apply(host: &mut impl Host, os: &mut impl Os, current: &mut Current, iden
         plan.hostname.as_deref().map_or(Ok(()), |name| {
             host.set_hostname(name).map_err(RestoreError::Hostname)
         }),
+        plan.mac.map_or(Ok(()), |mac| change_mac(host, mac)),
         plan.network
             .as_ref()
             .map_or(Ok(()), |network| move_network(host, network)),
@@ -48,6 +52,13 @@ pub fn apply(host: &mut impl Host, os: &mut impl Os, current: &mut Current, iden
         }
     }
     say(format_args!("{}", plan.summary));
+}
+
+/// The interface to `mac`.
+fn change_mac(host: &mut impl Host, mac: MacAddr) -> Result<(), RestoreError> {
+    let iface = host.set_mac(mac).map_err(RestoreError::Mac)?;
+    say(format_args!("{iface} now has MAC address {mac}"));
+    Ok(())
 }
 
 /// The interface to `network`, and its name servers if it names any (without, the old

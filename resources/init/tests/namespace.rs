@@ -211,6 +211,9 @@ fn a_stop_request_on_the_control_port_reaches_the_app_as_sigterm() {
     );
 }
 
+/// The MAC address the restore test's clone is given.
+const MAC: &str = "02:48:45:52:44:07";
+
 #[test]
 fn a_restored_request_renames_the_host_moves_eth0_and_rewrites_the_identity_file() {
     require_namespaces!(
@@ -218,10 +221,13 @@ fn a_restored_request_renames_the_host_moves_eth0_and_rewrites_the_identity_file
     );
     // Init writes the identity file last, so once it is there the rest is done.
     let script = r#"
+echo "mac-before=$(cat /sys/class/net/eth0/address)"
 : > /out/ready
 while [ ! -e /run/herd/identity.json ]; do sleep 0.02; done
 echo "identity=$(cat /run/herd/identity.json)"
 echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "mac=$(cat /sys/class/net/eth0/address)"
+echo "up=$(( $(cat /sys/class/net/eth0/flags) & 1 ))"
 ip -4 -o addr show dev eth0 | while read -r n dev family addr rest; do echo "addr=$addr"; done
 echo "route=$(ip -4 route show default)"
 sed 's/^/resolv=/' /etc/resolv.conf
@@ -242,12 +248,20 @@ sed 's/^/resolv=/' /etc/resolv.conf
         "entropy": "ab".repeat(32),
         "instance_id": "web-2",
         "hostname": "clone-2",
+        "mac": MAC.to_uppercase(),
         "network": network,
     });
     running.send_control(&format!("restored {request}\n"));
     let out = running.wait();
     out.assert_status(0);
     assert_eq!(out.value("hostname"), "clone-2");
+    assert_ne!(
+        out.value("mac-before"),
+        MAC,
+        "veth picked its own at creation"
+    );
+    assert_eq!(out.value("mac"), MAC, "{out:#?}");
+    assert_eq!(out.value("up"), "1", "still up after the MAC change");
     assert_eq!(
         out.values("addr"),
         ["10.0.1.7/24"],
@@ -265,11 +279,13 @@ sed 's/^/resolv=/' /etc/resolv.conf
         "hostname": "clone-2",
         "generation_id": generation,
         "network": network,
+        "mac": MAC,
     });
     assert_eq!(identity, want);
     let lines = out.init_lines();
     for line in [
         "herd-init: test host: random number generator reseed with 32 bytes skipped".to_string(),
+        format!("herd-init: eth0 now has MAC address {MAC}"),
         "herd-init: eth0 is now 10.0.1.7/24 via 10.0.1.1".into(),
         format!("herd-init: restored as web-2 (generation {generation})"),
     ] {

@@ -1,5 +1,6 @@
 //! Starting one instance: its directory, configuration archive (or, restored from a
-//! snapshot, its identity file), network interface and the herd-vmm command line, from the
+//! snapshot, its identity file), network interface (a TAP on the bridge and the instance's
+//! own MAC address, [`network::instance_mac`]) and the herd-vmm command line, from the
 //! service's spec and the image it resolved to. Everything an instance needs lives in its
 //! directory (a snapshot it is restored from is opened before herd-vmm jails itself), so
 //! herd-vmm never depends on the agent after start.
@@ -11,14 +12,14 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use herd_proto::{InstanceConfig, NetworkConfig};
+use herd_proto::{InstanceConfig, MacAddr, NetworkConfig};
 
 use crate::agent::cgroup::{CgroupError, Cgroups, Limits};
 use crate::agent::network::{self, Bridge, NetworkError};
 use crate::agent::vmsnap::restore::{Identity, RestorePlan};
 use crate::agent::vmsnap::{GUEST_CID, Inherited, SnapshotKey};
 use crate::fleet::{NetworkMode, ServiceState};
-use crate::run::{BootPlan, Disk, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
+use crate::run::{BootPlan, Disk, Nic, PVM_CMDLINE, RunError, instance_archive, with_rootfs};
 use crate::store::ResolvedImage;
 
 /// Errors preparing an instance.
@@ -186,7 +187,8 @@ pub fn prepare(
         gateway: Some(bridge.subnet.gateway().to_string()),
         dns: Vec::new(),
     });
-    write_config(service, id, &files, net_config.as_ref(), start)?;
+    let mac = network.map(|_| network::instance_mac(id));
+    write_config(service, id, &files, net_config.as_ref(), mac, start)?;
     let tap = match network {
         Some((bridge, _)) => {
             let name = network::tap_name(id);
@@ -195,8 +197,9 @@ pub fn prepare(
         }
         None => None,
     };
+    let nic = tap.clone().map(|tap| Nic { tap, mac });
     let vm = machine(settings, service, image);
-    let mut args = vmm_args(settings, service, &vm, &files, tap.clone(), start);
+    let mut args = vmm_args(settings, service, &vm, &files, nic, start);
     let jail_uid = match &settings.jail {
         Some(jail) => Some(jail_args(jail, &vm, &files, id, &used.uids, &mut args)?),
         None => None,
@@ -210,12 +213,14 @@ pub fn prepare(
 }
 
 /// Writes what the guest learns about itself: the instance configuration archive a boot
-/// appends, or the identity file a restore hands over.
+/// appends (its MAC address comes from the device), or the identity file a restore hands
+/// over (with the MAC address: the device keeps the snapshot's).
 fn write_config(
     service: &ServiceState,
     id: &str,
     files: &InstanceFiles,
     network: Option<&NetworkConfig>,
+    mac: Option<MacAddr>,
     start: Start<'_>,
 ) -> Result<(), LaunchError> {
     let (path, bytes) = match start {
@@ -235,6 +240,7 @@ fn write_config(
                 instance_id: id,
                 hostname: id,
                 network,
+                mac,
             };
             (files.identity(), identity.to_json())
         }
@@ -248,7 +254,7 @@ fn vmm_args(
     service: &ServiceState,
     vm: &Machine,
     files: &InstanceFiles,
-    tap: Option<String>,
+    nic: Option<Nic>,
     start: Start<'_>,
 ) -> Vec<std::ffi::OsString> {
     let mut vsock = std::ffi::OsString::from(format!("{GUEST_CID},"));
@@ -263,7 +269,7 @@ fn vmm_args(
             memory_mib: vm.memory_mib,
             stop_grace_ms: service.spec.stop_timeout_ms,
             disks: vm.disks.clone(),
-            taps: tap.into_iter().collect(),
+            nics: nic.into_iter().collect(),
             vsock: Some(vsock),
         }
         .vmm_args(),
@@ -272,7 +278,8 @@ fn vmm_args(
             identity: files.identity(),
             stop_grace_ms: service.spec.stop_timeout_ms,
             disks: vm.disks.clone(),
-            taps: tap.into_iter().collect(),
+            // The snapshot's MAC address stays the device's (see `vmsnap::restore`).
+            taps: nic.into_iter().map(|nic| nic.tap).collect(),
             vsock,
         }
         .vmm_args(),
@@ -512,6 +519,58 @@ mod tests {
             Some(files.api_socket().display().to_string())
         );
         assert!(files.archive().exists());
+    }
+
+    #[test]
+    fn a_boot_offers_the_instances_mac_and_a_restore_names_it_in_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let web = service(serde_json::json!({"name": "web", "image": "app:1"}));
+        let (id, vm) = ("web-0000abcd", machine(&settings, &web, &image()));
+        let files = InstanceFiles::new(&settings.instances_dir, id);
+        std::fs::create_dir_all(&files.dir).unwrap();
+        let mac = network::instance_mac(id);
+        let nic = Nic {
+            tap: network::tap_name(id),
+            mac: Some(mac),
+        };
+        let net_of = |start| {
+            let args = words(&vmm_args(
+                &settings,
+                &web,
+                &vm,
+                &files,
+                Some(nic.clone()),
+                start,
+            ));
+            let at = args.iter().position(|a| a == "--net").expect("a --net");
+            args[at + 1].clone()
+        };
+        assert_eq!(net_of(Start::Boot), format!("hd0000abcd,mac={mac}"));
+        let snapshot = dir.path().join("snapshots/ab/1x64-0123456789abcdef");
+        assert_eq!(
+            net_of(Start::Restore(&snapshot)),
+            "hd0000abcd",
+            "the device keeps the snapshot's"
+        );
+        let net = NetworkConfig {
+            address: "172.31.0.7/24".into(),
+            gateway: Some("172.31.0.1".into()),
+            dns: vec![],
+        };
+        write_config(
+            &web,
+            id,
+            &files,
+            Some(&net),
+            Some(mac),
+            Start::Restore(&snapshot),
+        )
+        .unwrap();
+        let identity: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(files.identity()).unwrap()).unwrap();
+        assert_eq!(identity["mac"], mac.to_string(), "{identity}");
+        assert_eq!(identity["network"]["address"], "172.31.0.7/24");
     }
 
     #[test]

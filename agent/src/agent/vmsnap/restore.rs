@@ -3,23 +3,31 @@
 //! the snapshot, so there is no kernel, initrd, command line, vCPU count or memory size here;
 //! the host-facing parts are given anew: the instance's own TAP, vsock socket, disks (the
 //! image's root filesystem, as at boot) and identity.
+//!
+//! The TAP is named without a MAC address: the device keeps the snapshot's (the guest read it
+//! at boot and herd-vmm refuses another), so the clone's own goes into the identity file,
+//! for herd-init to set on the interface.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use herd_proto::NetworkConfig;
+use herd_proto::{MacAddr, NetworkConfig};
 use serde::Serialize;
 
 use crate::run::Disk;
 
 /// The identity file (`--identity`): what a restored guest takes instead of the instance
-/// configuration the snapshotted one booted with. Same values as that configuration's.
+/// configuration the snapshotted one booted with. Same values as that configuration's, plus
+/// the MAC address a booted instance's device would have offered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Identity<'a> {
     pub instance_id: &'a str,
     pub hostname: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<&'a NetworkConfig>,
+    /// The interface's own address (with a network only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
 }
 
 impl Identity<'_> {
@@ -109,7 +117,7 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_holds_the_instances_id_hostname_and_network() {
+    fn the_identity_holds_the_instances_id_hostname_network_and_mac() {
         let net = NetworkConfig {
             address: "172.31.0.7/24".into(),
             gateway: Some("172.31.0.1".into()),
@@ -119,13 +127,15 @@ mod tests {
             instance_id: "web-0000abcd",
             hostname: "web-0000abcd",
             network: Some(&net),
+            mac: Some("02:00:00:00:00:0a".parse().unwrap()),
         };
         assert_eq!(
             String::from_utf8(id.to_json()).unwrap(),
-            r#"{"instance_id":"web-0000abcd","hostname":"web-0000abcd","network":{"address":"172.31.0.7/24","gateway":"172.31.0.1"}}"#
+            r#"{"instance_id":"web-0000abcd","hostname":"web-0000abcd","network":{"address":"172.31.0.7/24","gateway":"172.31.0.1"},"mac":"02:00:00:00:00:0a"}"#
         );
         let none = Identity {
             network: None,
+            mac: None,
             ..id
         };
         assert_eq!(

@@ -16,7 +16,7 @@ use herd_init::boot::say;
 use herd_init::host::{Event, Host, HostError, Mount, Os, Pid, Signal};
 use herd_init::identity::ENTROPY_BYTES;
 use herd_init::sys::{RealHost, RealOs};
-use herd_proto::{Launch, Network, Rootfs};
+use herd_proto::{Launch, MacAddr, Network, Rootfs};
 
 const EXIT_FILE_VAR: &str = "HERD_INIT_TEST_EXIT_FILE";
 /// Stands in for the control port inside the test root, if present.
@@ -49,6 +49,9 @@ impl Host for TestHost {
     }
     fn replace_network(&mut self, network: &Network) -> Result<String, HostError> {
         self.real.replace_network(network)
+    }
+    fn set_mac(&mut self, mac: MacAddr) -> Result<String, HostError> {
+        self.real.set_mac(mac)
     }
     fn reseed_rng(&mut self, entropy: &[u8; ENTROPY_BYTES]) -> Result<(), HostError> {
         let n = entropy.len();

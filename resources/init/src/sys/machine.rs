@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::ptr;
 
-use herd_proto::Network;
+use herd_proto::{MacAddr, Network};
 
 use super::{check, cstring, net, rng};
 use crate::boot::say;
@@ -92,6 +92,16 @@ impl Host for RealHost {
         set_network(network, true)
     }
 
+    fn set_mac(&mut self, mac: MacAddr) -> Result<String, HostError> {
+        let iface = instance_interface()?;
+        net::set_hardware_address(&iface, mac.octets()).map_err(|source| HostError::Network {
+            iface: iface.clone(),
+            step: "set its MAC address",
+            source,
+        })?;
+        Ok(iface)
+    }
+
     fn reseed_rng(&mut self, entropy: &[u8; ENTROPY_BYTES]) -> Result<(), HostError> {
         rng::reseed(entropy).map_err(|(step, source)| HostError::Rng { step, source })
     }
@@ -130,9 +140,7 @@ impl Host for RealHost {
 /// The instance's interface gets `network`'s address, netmask and default route; with
 /// `replace`, its old default route goes first (`SIOCSIFADDR` replaces the old address).
 fn set_network(network: &Network, replace: bool) -> Result<String, HostError> {
-    let iface = net::first_interface()
-        .map_err(HostError::NoInterface)?
-        .ok_or_else(|| HostError::NoInterface(io::ErrorKind::NotFound.into()))?;
+    let iface = instance_interface()?;
     let err = |step, source| HostError::Network {
         iface: iface.clone(),
         step,
@@ -147,6 +155,13 @@ fn set_network(network: &Network, replace: bool) -> Result<String, HostError> {
         net::add_default_route(&iface, gw).map_err(|e| err("add the default route", e))?;
     }
     Ok(iface)
+}
+
+/// The interface the instance's settings go to ([`net::first_interface`]).
+fn instance_interface() -> Result<String, HostError> {
+    net::first_interface()
+        .map_err(HostError::NoInterface)?
+        .ok_or_else(|| HostError::NoInterface(io::ErrorKind::NotFound.into()))
 }
 
 fn mount(m: &Mount) -> io::Result<()> {

@@ -1,7 +1,8 @@
 //! The instance's network, with the classic `SIOC*` ioctls on an `AF_INET` datagram socket:
 //! address (`SIOCSIFADDR`, which replaces the interface's address if it has one), netmask
-//! (`SIOCSIFNETMASK`), `IFF_UP` (`SIOCSIFFLAGS`) and the default route (`SIOCADDRT`, and
-//! `SIOCDELRT` when a restore moves it), plus `/etc/resolv.conf`. Ioctls rather than netlink:
+//! (`SIOCSIFNETMASK`), `IFF_UP` (`SIOCSIFFLAGS`), the default route (`SIOCADDRT`, and
+//! `SIOCDELRT` when a restore moves it) and, on a restore, the MAC address (`SIOCSIFHWADDR`),
+//! plus `/etc/resolv.conf`. Ioctls rather than netlink:
 //! a few fixed-size requests, no message parsing in PID 1.
 
 use std::ffi::{CStr, CString, c_short};
@@ -111,15 +112,68 @@ pub fn set_address(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> io::Result<()>
 
 /// Sets `IFF_UP` on `name`, keeping its other flags.
 pub fn set_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
+    set_up_flag(sock, name, true)
+}
+
+/// Sets or clears `IFF_UP` on `name`, keeping its other flags.
+fn set_up_flag(sock: &OwnedFd, name: &str, up: bool) -> io::Result<()> {
     let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name from and writes the flags into `req`,
     // a valid ifreq that lives across the call.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) })?;
     // SAFETY: SIOCGIFFLAGS succeeded, so the kernel initialised the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as c_short;
+    let bit = libc::IFF_UP as c_short;
+    req.ifr_ifru.ifru_flags = if up { flags | bit } else { flags & !bit };
     // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) }).map(drop)
+}
+
+/// Gives `name` the Ethernet address `mac`. Tried with the interface up first: drivers that
+/// can change it live (`IFF_LIVE_ADDR_CHANGE`: virtio_net, veth) keep their routes and queued
+/// traffic. One that refuses while running (`EBUSY`) gets it with the interface briefly down,
+/// which also drops the routes through it (a restore's new network adds its default route
+/// after this).
+pub fn set_hardware_address(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_hwaddr = hardware_sockaddr(mac);
+    retry_down_if_busy(
+        // SAFETY: SIOCSIFHWADDR reads the name and address from `req`, valid across the call.
+        || check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR as _, &req) }),
+        || set_up_flag(&sock, name, false),
+        || set_up_flag(&sock, name, true),
+    )
+}
+
+/// Runs `change`; if the interface was busy, runs it again between `down` and `up`. The
+/// interface comes back up even when the second try fails (it was up: that is why it was
+/// busy); the second try's error is then the one returned.
+fn retry_down_if_busy<T>(
+    mut change: impl FnMut() -> io::Result<T>,
+    down: impl FnOnce() -> io::Result<()>,
+    up: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    match change() {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        result => return result.map(drop),
+    }
+    down()?;
+    let changed = change().map(drop);
+    let upped = up();
+    changed.and(upped)
+}
+
+/// `mac` as the `sockaddr` `SIOCSIFHWADDR` takes: family `ARPHRD_ETHER`, the octets first.
+fn hardware_sockaddr(mac: [u8; 6]) -> libc::sockaddr {
+    let mut sa_data = [0 as libc::c_char; 14];
+    for (dst, src) in sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    libc::sockaddr {
+        sa_family: libc::ARPHRD_ETHER,
+        sa_data,
+    }
 }
 
 /// Brings up `lo`.
@@ -224,5 +278,67 @@ mod tests {
         // Runs in whatever network namespace the test has; only checks the call works.
         assert!(interface_names().unwrap().contains(&"lo".to_string()));
         assert_ne!(first_interface().unwrap().as_deref(), Some("lo"));
+    }
+
+    #[test]
+    fn hardware_addresses_are_ethernet_sockaddrs_with_the_octets_first() {
+        let sa = hardware_sockaddr([0x02, 0xab, 0, 0, 0x10, 0xff]);
+        assert_eq!(sa.sa_family, libc::ARPHRD_ETHER);
+        let bytes: Vec<u8> = sa.sa_data.iter().map(|b| *b as u8).collect();
+        assert_eq!(bytes[..6], [0x02, 0xab, 0, 0, 0x10, 0xff]);
+        assert!(bytes[6..].iter().all(|b| *b == 0));
+    }
+
+    /// Runs [`retry_down_if_busy`] with `changes` as the successive results of the change,
+    /// and returns its result and the calls made.
+    fn retried(changes: &[Option<i32>], up_fails: bool) -> (io::Result<()>, Vec<&'static str>) {
+        let calls = std::cell::RefCell::new(Vec::new());
+        let mut results = changes.iter();
+        let result = retry_down_if_busy(
+            || {
+                calls.borrow_mut().push("change");
+                match results.next().expect("no more changes scripted") {
+                    Some(errno) => Err(io::Error::from_raw_os_error(*errno)),
+                    None => Ok(()),
+                }
+            },
+            || {
+                calls.borrow_mut().push("down");
+                Ok(())
+            },
+            || {
+                calls.borrow_mut().push("up");
+                if up_fails {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                Ok(())
+            },
+        );
+        (result, calls.into_inner())
+    }
+
+    #[test]
+    fn a_live_change_is_tried_first_and_only_a_busy_interface_goes_down() {
+        let (result, calls) = retried(&[None], false);
+        assert!(result.is_ok());
+        assert_eq!(calls, ["change"], "a live change needs nothing else");
+        let (result, calls) = retried(&[Some(libc::EBUSY), None], false);
+        assert!(result.is_ok());
+        assert_eq!(calls, ["change", "down", "change", "up"]);
+        let (result, calls) = retried(&[Some(libc::EADDRNOTAVAIL)], false);
+        assert_eq!(
+            result.unwrap_err().raw_os_error(),
+            Some(libc::EADDRNOTAVAIL)
+        );
+        assert_eq!(calls, ["change"], "only EBUSY is worth a second try");
+    }
+
+    #[test]
+    fn a_busy_interface_comes_back_up_even_if_the_second_try_fails() {
+        let (result, calls) = retried(&[Some(libc::EBUSY), Some(libc::EPERM)], false);
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(calls, ["change", "down", "change", "up"]);
+        let (result, _) = retried(&[Some(libc::EBUSY), None], true);
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENODEV));
     }
 }
