@@ -178,15 +178,19 @@ fn booted_mac(pid: i32) -> String {
     mac.to_owned()
 }
 
-/// Waits for the service to have `n` healthy instances, and returns those that were not
-/// in `before`.
-fn new_healthy(agent: &Agent, name: &str, n: usize, before: &[String]) -> Vec<Value> {
-    agent.wait_for(&format!("{n} healthy instances"), || {
-        healthy(agent, name).len() == n
+/// Waits for the service to have `n` healthy instances, `fresh` of them not in `before`,
+/// and returns those. Both counts, because right after a kill the agent may not have noticed
+/// yet and still count the killed instances as healthy.
+fn new_healthy(agent: &Agent, name: &str, n: usize, before: &[String], fresh: usize) -> Vec<Value> {
+    let new_ones = || -> Vec<Value> {
+        (healthy(agent, name).into_iter())
+            .filter(|i| !before.contains(&id_of(i)))
+            .collect()
+    };
+    agent.wait_for(&format!("{n} healthy instances, {fresh} new"), || {
+        healthy(agent, name).len() == n && new_ones().len() == fresh
     });
-    (healthy(agent, name).into_iter())
-        .filter(|i| !before.contains(&id_of(i)))
-        .collect()
+    new_ones()
 }
 
 /// A restored instance: its record says so, its console has the probe's restore line with
@@ -260,7 +264,7 @@ fn instances_start_from_a_snapshot_of_the_first_healthy_one_which_goes_with_its_
         Some(&json!({"replicas": 3})),
     );
     assert_eq!(status, 200, "{scaled}");
-    let added = new_healthy(&agent, "web", 3, &[id_of(&source)]);
+    let added = new_healthy(&agent, "web", 3, &[id_of(&source)], 2);
     assert_eq!(added.len(), 2);
     for instance in &added {
         assert_restored(&agent, instance);
@@ -303,7 +307,7 @@ fn instances_start_from_a_snapshot_of_the_first_healthy_one_which_goes_with_its_
     let before: Vec<String> = healthy(&agent, "web").iter().map(id_of).collect();
     assert!(kill_pid(pid_of(&added[0])));
     assert!(kill_pid(pid_of(&source)));
-    let replacements = new_healthy(&agent, "web", 3, &before);
+    let replacements = new_healthy(&agent, "web", 3, &before, 2);
     assert_eq!(replacements.len(), 2, "{replacements:?}");
     for instance in &replacements {
         assert_restored(&agent, instance);
@@ -330,7 +334,10 @@ fn instances_start_from_a_snapshot_of_the_first_healthy_one_which_goes_with_its_
     agent.wait_for("the snapshot to go", || {
         snapshot_dirs(&agent, &digest).is_empty()
     });
-    assert_eq!(metric(&agent, "herd_snapshots "), 0.0);
+    // The gauge follows once the supervisor has published the removal.
+    agent.wait_for("the snapshot gauge to drop", || {
+        metric(&agent, "herd_snapshots ") == 0.0
+    });
 }
 
 #[test]
@@ -384,7 +391,7 @@ fn a_snapshot_herd_vmm_refuses_is_dropped_the_replacement_boots_and_a_new_one_is
             .any(|e| e["type"] == "snapshot_removed")
     });
     // The replacement boots; the service neither backs off nor counts a crash loop.
-    let added = new_healthy(&agent, "web", 2, std::slice::from_ref(&source));
+    let added = new_healthy(&agent, "web", 2, std::slice::from_ref(&source), 1);
     assert_eq!(added.len(), 1);
     assert_eq!(added[0]["start"], "boot", "{}", added[0]);
     let info = service_info(&agent, "web");
@@ -413,6 +420,6 @@ fn a_snapshot_herd_vmm_refuses_is_dropped_the_replacement_boots_and_a_new_one_is
         "/v1/services/web/scale",
         Some(&json!({"replicas": 3})),
     );
-    let added = new_healthy(&agent, "web", 3, &before);
+    let added = new_healthy(&agent, "web", 3, &before, 1);
     assert_restored(&agent, &added[0]);
 }
