@@ -24,6 +24,9 @@ struct Args {
     /// Kills to measure per kind.
     #[arg(long, default_value_t = 30)]
     kills: usize,
+    /// Run the agent with `--no-jail` (to see what the jail costs).
+    #[arg(long)]
+    no_jail: bool,
 }
 
 /// The body of a chunked HTTP answer.
@@ -163,7 +166,8 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("no directory")?
         .to_owned();
-    let agent = Agent::start(&bin, &bin.join("herd-vmm"), &[])?;
+    let extra: &[&str] = if args.no_jail { &["--no-jail"] } else { &[] };
+    let agent = Agent::start(&bin, &bin.join("herd-vmm"), extra)?;
     let socket = agent.socket();
     let image = build_probe_image(&bin, agent.home.path(), "1", "probe.end=serve")?;
     let mut results = Vec::new();
