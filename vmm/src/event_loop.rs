@@ -150,7 +150,8 @@ impl StopWatcher {
         match self.policy.on_signal() {
             SignalAction::AskGuest(grace) => {
                 tracing::info!("asking the guest to stop; it has {} ms", grace.as_millis());
-                lock(&self.control).queue_input(STOP_REQUEST);
+                // Behind any line still waiting (a restore's identity), never inside it.
+                lock(&self.control).queue_all(STOP_REQUEST);
                 if let Err(e) = self.grace_timer.reset(grace, None) {
                     tracing::warn!("cannot arm the grace timer, stopping now: {e}");
                     self.stop.request_stop(StopReason::Signal(self.signal));

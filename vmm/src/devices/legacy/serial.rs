@@ -258,6 +258,15 @@ mod tests {
     }
 
     #[test]
+    fn a_line_queued_behind_a_waiting_one_arrives_after_it_whole() {
+        let mut dev = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(io_sink()));
+        let first: Vec<u8> = [vec![b'r'; 100], b"\n".to_vec()].concat();
+        dev.queue_all(&first);
+        dev.queue_all(b"stop\n");
+        assert_eq!(read_all(&mut dev), [first, b"stop\n".to_vec()].concat());
+    }
+
+    #[test]
     fn a_snapshot_keeps_registers_and_unread_input() {
         let mut dev = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(io_sink()));
         dev.write(IER, &[0x1]);
