@@ -2,8 +2,9 @@
 //! (`probe.end=serve`, which counts LAPIC timer ticks in guest memory and answers `count`,
 //! `id` and `health` requests). Checked: pause, resume and snapshot follow the VM's state;
 //! a restored VM continues where it was paused (its counter keeps counting from the saved
-//! value, and it never boots again); clones of one snapshot get different identities; and
-//! damaged, foreign or mismatched snapshots are refused with the culprit named.
+//! value, and it never boots again); clones of one snapshot get different identities; TAPs
+//! and disks re-attach under new host names; and damaged, foreign or mismatched snapshots
+//! are refused with the culprit named.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -334,5 +335,85 @@ fn damaged_foreign_or_mismatched_snapshots_are_refused_naming_the_culprit() {
             .contains("vsock guest CID: 4 given, the snapshot's is 3"),
         "{}",
         other_cid.stderr
+    );
+}
+
+#[test]
+fn taps_and_disks_reattach_under_new_host_names_and_must_match_the_snapshot() {
+    let test = "taps_and_disks_reattach_under_new_host_names_and_must_match_the_snapshot";
+    require_kvm!(test);
+    let mut ns = match herd_tests::netns::NetNs::create() {
+        Ok(ns) => ns,
+        Err(why) => return herd_tests::vm::skip(test, &format!("no network namespace: {why}")),
+    };
+    ns.add_tap("snap0");
+    ns.add_tap("snap1");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for disk in ["a.img", "b.img"] {
+        std::fs::write(d.join(disk), vec![0u8; 1 << 20]).unwrap();
+    }
+    let disk_flag = |name: &str, ro: bool| {
+        let ro = if ro { ",ro" } else { "" };
+        format!("{}{ro}", d.join(name).display())
+    };
+    let vsock = |name: &str| format!("3,{}", d.join(name).display());
+    let mut vm = TestVm::probe_pvh()
+        .within(ns.exec_prefix())
+        .cmdline("probe.end=serve")
+        .args(["--net", "snap0,mac=02:00:00:00:00:07"])
+        .args(["--disk", &disk_flag("a.img", true)])
+        .args(["--vsock", &vsock("v.sock")])
+        .args(["--api-socket".as_ref(), d.join("api.sock").as_os_str()])
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    vm.wait_for_line("probe: serve port=");
+    let snap = d.join("snap");
+    assert_eq!(
+        api(&d.join("api.sock"), json!({"action": "pause"}))["ok"],
+        true
+    );
+    let reply = api(
+        &d.join("api.sock"),
+        json!({"action": "snapshot", "dir": snap}),
+    );
+    assert_eq!(reply["ok"], true, "{reply}");
+    vm.signal("KILL");
+    let _ = vm.wait();
+
+    let restore_with = |net: &str, disk: &str, sock: &str| {
+        TestVm::raw(&[])
+            .within(ns.exec_prefix())
+            .args(["--restore".as_ref(), snap.as_os_str()])
+            .args(["--net", net, "--disk", disk, "--vsock", &vsock(sock)])
+            .timeout(Duration::from_secs(60))
+    };
+    let mut moved = restore_with("snap1", &disk_flag("b.img", true), "w.sock").spawn();
+    moved.wait_for_line("probe: restored id=");
+    assert_eq!(ask(&d.join("w.sock"), "health"), "ok");
+    moved.signal("KILL");
+    let _ = moved.wait();
+
+    let writable = restore_with("snap1", &disk_flag("b.img", false), "x.sock").run();
+    assert_eq!(writable.code(), 64, "{writable:#?}");
+    assert!(
+        writable
+            .stderr
+            .contains("read-write given, the snapshot's is read-only"),
+        "{}",
+        writable.stderr
+    );
+    let other_mac = restore_with(
+        "snap1,mac=02:00:00:00:00:08",
+        &disk_flag("b.img", true),
+        "y.sock",
+    )
+    .run();
+    assert!(
+        other_mac
+            .stderr
+            .contains("net0 MAC: 02:00:00:00:00:08 given, the snapshot's is 02:00:00:00:00:07"),
+        "{}",
+        other_mac.stderr
     );
 }
