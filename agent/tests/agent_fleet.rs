@@ -283,25 +283,8 @@ fn http_service_with_http_checks_serves_curl_and_heals_on_hardware_kvm() {
     let Some(agent) = Agent::new(test) else {
         return;
     };
-    let kernel = herd_tests::guest_kernel::kernel_dir()
-        .expect("guest kernel not built: run guest-kernel/build.sh")
-        .join("vmlinux");
-    let exe = std::env::current_exe().unwrap();
-    let http = exe.parent().unwrap().parent().unwrap().join("http");
-    let out = agent
-        .herd()
-        .args(["build", "--binary"])
-        .arg(&http)
-        .args(["--name", "http", "--version", "1", "--kernel"])
-        .arg(&kernel)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut spec = service("web", "http:1", 2);
+    let image = agent.http_image();
+    let mut spec = service("web", &image, 2);
     spec["env"] = json!({"PORT": "8080"});
     spec["health_check"] = json!({"http": {"port": 8080, "path": "/healthz"}, "interval_ms": 200,
         "timeout_ms": 150, "failure_threshold": 3, "grace_ms": 10000});

@@ -52,22 +52,8 @@ fn http_clones_keep_the_apps_memory_and_serve_at_their_own_addresses_on_hardware
     let Some(agent) = Agent::new(test) else {
         return;
     };
-    let kernel = herd_tests::guest_kernel::kernel_dir()
-        .expect("guest kernel not built: run guest-kernel/build.sh")
-        .join("vmlinux");
-    let exe = std::env::current_exe().unwrap();
-    let http = exe.parent().unwrap().parent().unwrap().join("http");
-    let out = (agent.herd().args(["build", "--binary"]).arg(&http))
-        .args(["--name", "http", "--version", "1", "--kernel"])
-        .arg(&kernel)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut spec = service("web", "http:1", 1);
+    let image = agent.http_image();
+    let mut spec = service("web", &image, 1);
     spec["env"] = json!({"PORT": "8080"});
     spec["health_check"] = json!({"http": {"port": 8080, "path": "/healthz"}, "interval_ms": 200,
         "timeout_ms": 150, "failure_threshold": 3, "grace_ms": 10000});

@@ -188,6 +188,27 @@ impl Agent {
         }
     }
 
+    /// Builds `http:1`: the `http` example app (built beside this test) with our guest
+    /// kernel, for the tests that run only on hardware KVM.
+    pub fn http_image(&self) -> String {
+        let kernel = herd_tests::guest_kernel::kernel_dir()
+            .expect("guest kernel not built: run guest-kernel/build.sh")
+            .join("vmlinux");
+        let exe = std::env::current_exe().unwrap();
+        let http = exe.parent().unwrap().parent().unwrap().join("http");
+        let out = (self.herd().args(["build", "--binary"]).arg(&http))
+            .args(["--name", "http", "--version", "1", "--kernel"])
+            .arg(&kernel)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        "http:1".into()
+    }
+
     /// Builds an image whose kernel is the probe guest with `cmdline`.
     pub fn probe_image(&self, version: &str, cmdline: &str) -> String {
         let probe = herd_tests::probe::pvh_elf();

@@ -175,19 +175,19 @@ fn prepare_machine(host: &mut impl Host) -> Result<(), BootError> {
 /// without the network it was given would fail later and less clearly).
 fn configure_network(host: &mut impl Host, network: &Network) -> Result<(), BootError> {
     let iface = host.configure_network(network).map_err(BootError::Setup)?;
-    say(format_args!(
-        "{iface} is {}/{}{}",
-        network.address,
-        network.prefix,
-        network
-            .gateway
-            .map(|gw| format!(" via {gw}"))
-            .unwrap_or_default()
-    ));
+    say(format_args!("{iface} is {}", describe(network)));
     if let Some(text) = network.resolv_conf() {
         host.write_resolv_conf(&text).map_err(BootError::Setup)?;
     }
     Ok(())
+}
+
+/// `a.b.c.d/prefix[ via gateway]`, as the console lines about the network say it.
+pub(crate) fn describe(network: &Network) -> String {
+    let via = (network.gateway)
+        .map(|gw| format!(" via {gw}"))
+        .unwrap_or_default();
+    format!("{}/{}{via}", network.address, network.prefix)
 }
 
 fn load_plan(os: &mut impl Os) -> Result<Plan, ConfigError> {

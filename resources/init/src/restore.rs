@@ -11,7 +11,7 @@
 
 use herd_proto::{MacAddr, Network};
 
-use crate::boot::{say, warn};
+use crate::boot::{describe, say, warn};
 use crate::host::{Host, HostError, Os};
 use crate::identity::{Current, IDENTITY_PATH, Identity};
 
@@ -67,15 +67,7 @@ fn move_network(host: &mut impl Host, network: &Network) -> Result<(), RestoreEr
     let iface = host
         .replace_network(network)
         .map_err(RestoreError::Network)?;
-    say(format_args!(
-        "{iface} is now {}/{}{}",
-        network.address,
-        network.prefix,
-        network
-            .gateway
-            .map(|gw| format!(" via {gw}"))
-            .unwrap_or_default()
-    ));
+    say(format_args!("{iface} is now {}", describe(network)));
     match network.resolv_conf() {
         Some(text) => host
             .write_resolv_conf(&text)
